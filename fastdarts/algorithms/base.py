@@ -1,0 +1,70 @@
+"""What a search method decides, apart from the shared bilevel loop in `fastdarts.search`:
+how architecture parameters become mixing weights, how the architecture step is taken,
+when architecture updates start, and how the genotype is derived."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["SearchAlgorithm", "grads_into"]
+
+
+def grads_into(loss: torch.Tensor, params: list[nn.Parameter]) -> None:
+    """Backpropagate `loss` into `params` only and store the result as `.grad`.
+
+    `torch.autograd.grad` restricted to the parameters that are stepped skips every gradient
+    nobody uses (the weight gradients during an architecture step, the alpha gradient during
+    a weight step), which `loss.backward()` would compute and throw away.
+    """
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    for p, g in zip(params, grads):
+        p.grad = torch.zeros_like(p) if g is None else g
+
+
+class SearchAlgorithm:
+    """Base class. Subclasses set `name` and override what differs from DARTS."""
+
+    name: str = ""
+
+    def __init__(self, config):
+        self.config = config
+        self.arch_optimizer: torch.optim.Optimizer | None = None
+
+    # -- set-up --------------------------------------------------------------------------
+    def setup(self, model: nn.Module) -> None:
+        """Create the architecture optimiser (called once the model is on its device)."""
+        c = self.config
+        self.arch_optimizer = torch.optim.Adam(
+            model.arch_parameters(), lr=c.arch_lr, betas=tuple(c.arch_betas),
+            weight_decay=c.arch_weight_decay)
+
+    # -- per step ------------------------------------------------------------------------
+    def mixing_weights(self, model: nn.Module, phase: str):
+        """Mixing weights for `phase` in {'arch', 'weight', 'eval'}; DARTS: softmax."""
+        return model.mixing_weights()
+
+    def arch_updates_enabled(self, epoch: int) -> bool:
+        return epoch >= self.config.arch_warmup_epochs
+
+    def arch_step(self, model: nn.Module, train_batch, val_batch, lr: float) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
+        """Hook for per-epoch schedules (SDARTS epsilon, DARTS- beta, DrNAS stages)."""
+
+    # -- results -------------------------------------------------------------------------
+    def genotype(self, model: nn.Module):
+        return model.genotype()
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"arch_optimizer": self.arch_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.arch_optimizer.load_state_dict(state["arch_optimizer"])

@@ -1,0 +1,205 @@
+"""Which implementation runs a fused op: triton | cuda | cpu | reference.
+
+Each backend is a class with `NAME`, the devices and dtypes it handles, `unavailable_reasons()`
+(why it cannot run at all: not built, Triton missing, no interpreter) and
+`not_supported_reasons(*tensors)` (why it cannot run these inputs). Selection, per call:
+
+* `backend=` argument, else `FASTDARTS_BACKEND`, else `auto`;
+* an explicit backend that cannot run raises `NotImplementedError` listing every backend's
+  reasons; it never falls back silently;
+* `auto` tries, for CUDA tensors, triton then cuda (Triton first: same speed on the
+  memory-bound sums and it needs no compiled extension; to be revisited per kernel from
+  the benchmark results), for CPU tensors the C++ kernels; then the reference, with one
+  warning naming why the fast backends could not run.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from . import _ext
+from .reference import weighted_sum_ref
+
+__all__ = ["Backend", "BACKENDS", "select_backend", "backend_report", "ENV_VAR"]
+
+ENV_VAR = "FASTDARTS_BACKEND"
+_CHOICES = ("auto", "triton", "cuda", "cpu", "reference")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+class Backend:
+    NAME = ""
+    DEVICES: tuple[str, ...] = ()
+    DTYPES: tuple[torch.dtype, ...] = ()
+
+    @classmethod
+    def unavailable_reasons(cls) -> list[str]:
+        return []
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return not cls.unavailable_reasons()
+
+    @classmethod
+    def devices(cls) -> tuple[str, ...]:
+        return cls.DEVICES
+
+    @classmethod
+    def not_supported_reasons(cls, *tensors: torch.Tensor) -> list[str]:
+        reasons = list(cls.unavailable_reasons())
+        for t in tensors:
+            if t.device.type not in cls.devices():
+                reasons.append(f"device {t.device.type} not in {list(cls.devices())}")
+                break
+        for t in tensors:
+            if t.is_floating_point() and t.dtype not in cls.DTYPES:
+                reasons.append(f"dtype {_dtype_name(t.dtype)} not in "
+                               f"{[_dtype_name(d) for d in cls.DTYPES]}")
+                break
+        return reasons
+
+    # weighted sum: y (K, M) contiguous; w (K,) in the accumulation dtype
+    @staticmethod
+    def weighted_sum_fwd(y, w):
+        raise NotImplementedError
+
+    @staticmethod
+    def weighted_sum_bwd(y, w, g, need_dy):
+        raise NotImplementedError
+
+
+class ReferenceBackend(Backend):
+    NAME = "reference"
+    DEVICES = ("cpu", "cuda")
+    DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+    @staticmethod
+    def weighted_sum_fwd(y, w):
+        return weighted_sum_ref(y, w)
+
+    @staticmethod
+    def weighted_sum_bwd(y, w, g, need_dy):
+        dy = w.to(y.dtype)[:, None] * g[None, :] if need_dy else None
+        dw = (y.to(w.dtype) * g.to(w.dtype)[None, :]).sum(dim=1)
+        return dy, dw
+
+
+class CpuBackend(Backend):
+    NAME = "cpu"
+    DEVICES = ("cpu",)
+    DTYPES = (torch.float32, torch.float64)
+
+    @classmethod
+    def unavailable_reasons(cls):
+        if _ext.C is None:
+            return [f"fastdarts._C is not importable ({_ext.IMPORT_ERROR}); {_ext.BUILD_HINT}"]
+        return []
+
+    @staticmethod
+    def weighted_sum_fwd(y, w):
+        return _ext.C.weighted_sum_fwd(y, w)
+
+    @staticmethod
+    def weighted_sum_bwd(y, w, g, need_dy):
+        dy, dw = _ext.C.weighted_sum_bwd(y, w, g, need_dy)
+        return (dy if need_dy else None), dw
+
+
+class CudaBackend(CpuBackend):
+    NAME = "cuda"
+    DEVICES = ("cuda",)
+    DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+    @classmethod
+    def unavailable_reasons(cls):
+        reasons = CpuBackend.unavailable_reasons()
+        if not reasons and not _ext.C.with_cuda():
+            reasons.append("fastdarts._C was built without CUDA (torch without CUDA, no nvcc, "
+                           "or FASTDARTS_SKIP_CUDA=1)")
+        if not torch.cuda.is_available():
+            reasons.append("torch sees no CUDA device")
+        return reasons
+
+
+class TritonBackend(Backend):
+    NAME = "triton"
+    DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+    @classmethod
+    def devices(cls):
+        # Triton runs on the CPU only in its interpreter.
+        from fastdarts.kernels import is_interpreting
+        return ("cuda", "cpu") if is_interpreting() else ("cuda",)
+
+    @classmethod
+    def unavailable_reasons(cls):
+        from fastdarts.kernels import is_interpreting, triton_import_error
+
+        err = triton_import_error()
+        if err is not None:
+            return [f"triton is not importable ({type(err).__name__}: {err})"]
+        if not torch.cuda.is_available() and not is_interpreting():
+            return ["no CUDA device, and TRITON_INTERPRET=1 was not set before triton was "
+                    "imported (the interpreter runs the kernels on the CPU)"]
+        return []
+
+    @staticmethod
+    def weighted_sum_fwd(y, w):
+        from fastdarts.kernels.weighted_sum import weighted_sum_fwd
+        return weighted_sum_fwd(y, w)
+
+    @staticmethod
+    def weighted_sum_bwd(y, w, g, need_dy):
+        from fastdarts.kernels.weighted_sum import weighted_sum_bwd
+        return weighted_sum_bwd(y, w, g, need_dy)
+
+
+BACKENDS: dict[str, type[Backend]] = {
+    b.NAME: b for b in (TritonBackend, CudaBackend, CpuBackend, ReferenceBackend)}
+
+_AUTO_ORDER = {"cuda": ("triton", "cuda"), "cpu": ("cpu",)}
+_warned: set[str] = set()
+
+
+def _requested(backend: str | None) -> str:
+    name = (backend or os.environ.get(ENV_VAR) or "auto").strip().lower()
+    if name not in _CHOICES:
+        raise ValueError(f"backend must be one of {list(_CHOICES)} (argument or {ENV_VAR}); "
+                         f"got {name!r}")
+    return name
+
+
+def select_backend(*tensors: torch.Tensor, backend: str | None = None) -> type[Backend]:
+    """The backend class that runs an op on `tensors` (see the module docstring)."""
+    name = _requested(backend)
+    if name != "auto":
+        cls = BACKENDS[name]
+        if not cls.not_supported_reasons(*tensors):
+            return cls
+        lines = [f"  {b}: " + ("; ".join(BACKENDS[b].not_supported_reasons(*tensors)) or "ok")
+                 for b in BACKENDS]
+        raise NotImplementedError(f"backend {name!r} cannot run these inputs:\n" +
+                                  "\n".join(lines))
+    device_type = tensors[0].device.type
+    tried = []
+    for candidate in _AUTO_ORDER.get(device_type, ()):
+        reasons = BACKENDS[candidate].not_supported_reasons(*tensors)
+        if not reasons:
+            return BACKENDS[candidate]
+        tried.append(f"{candidate}: {'; '.join(reasons)}")
+    message = "fastdarts: falling back to the reference backend (" + " | ".join(tried) + ")"
+    if tried and message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return ReferenceBackend
+
+
+def backend_report() -> list[tuple[str, bool, list[str]]]:
+    """(name, available, reasons) for every backend, for `python -m fastdarts.info`."""
+    return [(name, cls.is_available(), cls.unavailable_reasons())
+            for name, cls in BACKENDS.items()]

@@ -1,0 +1,110 @@
+"""The `fastdarts` command line: `fastdarts search ...` and `fastdarts info`."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from .algorithms import ALGORITHMS
+from .data import DATASETS
+from .search import CHECKPOINT, SearchConfig, run_search
+from .spaces import SPACES
+
+__all__ = ["main", "build_parser"]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastdarts",
+                                     description="Differentiable architecture search.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("search", help="run a search; with no options, DARTS on the embedded "
+                                      "digits data set",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # Defaults are None so that --resume can tell "given" from "not given".
+    s.add_argument("--space", choices=SPACES, default=None, help="search space [darts]")
+    s.add_argument("--algo", choices=sorted(ALGORITHMS), default=None, help="method [darts]")
+    s.add_argument("--dataset", choices=sorted(DATASETS), default=None, help="data set [digits]")
+    s.add_argument("--data-dir", default=None, help="folder holding the data set's files")
+    s.add_argument("--run-dir", default=None,
+                   help="output folder [runs/<algo>-<space>-<dataset>-seed<seed>]")
+    s.add_argument("--epochs", type=_positive_int, default=None)
+    s.add_argument("--batch-size", type=_positive_int, default=None)
+    s.add_argument("--init-channels", type=_positive_int, default=None)
+    s.add_argument("--layers", type=_positive_int, default=None,
+                   help="cells (DARTS spaces) or cells per stage (nb201)")
+    s.add_argument("--lr", type=float, default=None, help="weight learning rate [0.025]")
+    s.add_argument("--lr-min", type=float, default=None, help="cosine floor [0.001]")
+    s.add_argument("--momentum", type=float, default=None)
+    s.add_argument("--weight-decay", type=float, default=None)
+    s.add_argument("--grad-clip", type=float, default=None)
+    s.add_argument("--arch-lr", type=float, default=None)
+    s.add_argument("--arch-weight-decay", type=float, default=None)
+    s.add_argument("--arch-warmup-epochs", type=int, default=None)
+    s.add_argument("--seed", type=int, default=None, help="[2, as DARTS]")
+    s.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... [auto]")
+    s.add_argument("--no-channels-last", action="store_true", default=None,
+                   help="keep activations NCHW instead of channels_last")
+    s.add_argument("--no-progress", action="store_true", default=None,
+                   help="no progress bar (epoch lines are still printed)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the search in --run-dir from its last checkpoint")
+    sub.add_parser("info", help="backends, device and build metadata")
+    return parser
+
+
+_FIELD_OF_ARG = {"no_channels_last": "channels_last", "no_progress": "progress"}
+
+
+def _config_from_args(args: argparse.Namespace) -> tuple[SearchConfig, bool]:
+    given = {}
+    for key, value in vars(args).items():
+        if key in ("command", "resume") or value is None:
+            continue
+        field = _FIELD_OF_ARG.get(key, key)
+        given[field] = (not value) if field in _FIELD_OF_ARG.values() else value
+
+    if args.resume:
+        if "run_dir" not in given:
+            raise SystemExit("fastdarts search: --resume needs --run-dir")
+        config_path = Path(given["run_dir"]) / "config.json"
+        if not (Path(given["run_dir"]) / CHECKPOINT).is_file():
+            raise SystemExit(f"fastdarts search: --resume: no {CHECKPOINT} in {given['run_dir']}")
+        stored = json.loads(config_path.read_text())
+        stored.update(given)
+        stored["arch_betas"] = tuple(stored["arch_betas"])
+        names = {f.name for f in dataclasses.fields(SearchConfig)}
+        return SearchConfig(**{k: v for k, v in stored.items() if k in names}), True
+
+    cfg = SearchConfig(**{k: v for k, v in given.items() if k != "run_dir"})
+    if "run_dir" in given:
+        cfg.run_dir = given["run_dir"]
+    else:
+        cfg.run_dir = f"runs/{cfg.algo}-{cfg.space}-{cfg.dataset}-seed{cfg.seed}"
+    return cfg, False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "info":
+        from .info import main as info_main
+        return info_main()
+    cfg, resume = _config_from_args(args)
+    try:
+        run_search(cfg, resume=resume)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"fastdarts search: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""What a search leaves for a person to read: a JSON-lines log and a plot of the
+architecture weights of every edge over the epochs."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+__all__ = ["JsonlLog", "plot_arch_weights"]
+
+
+class JsonlLog:
+    """Append-only JSON-lines file; `truncate_after(epoch)` drops records of epochs that a
+    resumed run will redo (written after the last checkpoint, before a crash)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def records(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        with open(self.path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def truncate_after(self, epoch: int) -> None:
+        kept = [r for r in self.records() if r.get("epoch", -1) <= epoch]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w") as f:
+            for r in kept:
+                f.write(json.dumps(r) + "\n")
+        os.replace(tmp, self.path)
+
+
+def plot_arch_weights(history: list[dict], path: str | os.PathLike, title: str = "") -> None:
+    """Plot, for every edge of every architecture tensor, each op's mixing weight per epoch.
+
+    `history` holds one record per epoch with `weights`: {tensor name: {"edges": [...],
+    "ops": [[...] per edge], "values": [[...] per edge]}}.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        raise ValueError("history is empty: nothing to plot")
+    epochs = [r["epoch"] for r in history]
+    tensors = list(history[-1]["weights"])
+    ncols = 7
+    layout = []
+    for name in tensors:
+        n_edges = len(history[-1]["weights"][name]["edges"])
+        layout.append((name, n_edges, -(-n_edges // ncols)))
+    nrows = sum(rows for _, _, rows in layout)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.2 * nrows + 0.8),
+                             squeeze=False, sharex=True, sharey=True)
+    row = 0
+    handles = {}
+    for name, n_edges, rows in layout:
+        meta = history[-1]["weights"][name]
+        for e in range(rows * ncols):
+            ax = axes[row + e // ncols][e % ncols]
+            if e >= n_edges:
+                ax.axis("off")
+                continue
+            for k, op in enumerate(meta["ops"][e]):
+                values = [r["weights"][name]["values"][e][k] for r in history]
+                (line,) = ax.plot(epochs, values, label=op, linewidth=1.2)
+                handles.setdefault(op, line)
+            ax.set_title(f"{name} {meta['edges'][e]}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.set_ylim(0, 1)
+        row += rows
+    fig.legend(list(handles.values()), list(handles), loc="lower center",
+               ncol=min(len(handles), 8), fontsize=8)
+    fig.suptitle(title or "architecture weights per edge over epochs", fontsize=10)
+    fig.supxlabel("epoch", fontsize=8)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,347 @@
+"""The bilevel search loop shared by every method (ALGORITHMS.md §2.1).
+
+Per training batch: an architecture step on the next batch of a cached validation stream
+(once the method's warm-up is over), then a weight step (SGD with momentum, weight decay,
+gradient-norm clip) on the training batch. The weight learning rate follows a cosine
+schedule stepped once per epoch. After every epoch: validation accuracy, the genotype, a
+JSON-lines record, an updated plot of the architecture weights and an atomic checkpoint
+from which `resume=True` continues to exactly the result of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .algorithms import get_algorithm
+from .algorithms.base import grads_into
+from .checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
+from .data import BatchLoader, InfiniteLoader, SearchData, load_dataset
+from .genotypes import genotype_to_dict, save_genotype
+from .report import JsonlLog, plot_arch_weights
+from .spaces import build_supernet
+
+__all__ = ["SearchConfig", "SearchResult", "run_search", "evaluate", "DATASET_PRESETS"]
+
+CHECKPOINT = "checkpoint.pt"
+
+#: Per-data-set defaults that differ from the DARTS CIFAR settings. The digits preset is
+#: sized for a search of a few minutes on 2 CPU cores: a smaller supernet (8x8 images need
+#: no 8-cell network) and a larger architecture learning rate for the few steps per epoch.
+DATASET_PRESETS = {
+    "digits": {"epochs": 10, "batch_size": 64, "init_channels": 8, "layers": 5,
+               "arch_lr": 3e-3},
+    "synthetic": {"epochs": 2, "batch_size": 32, "init_channels": 4, "layers": 3},
+}
+
+
+@dataclass
+class SearchConfig:
+    """Everything that defines a search; saved in the run directory and the checkpoint.
+
+    Defaults are DARTS's CIFAR-10 settings (ALGORITHMS.md §3.1) unless a data-set preset
+    (`DATASET_PRESETS`) says otherwise; `None` means "the space's or preset's default".
+    """
+
+    space: str = "darts"
+    algo: str = "darts"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    run_dir: str = "runs/search"
+    epochs: int | None = None
+    batch_size: int | None = None
+    init_channels: int | None = None
+    layers: int | None = None
+    lr: float = 0.025
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    arch_lr: float | None = None
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
+    arch_warmup_epochs: int = 0
+    seed: int = 2
+    device: str = "auto"
+    channels_last: bool = True
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def resolved(self) -> "SearchConfig":
+        """A copy with every `None` filled from the data-set preset or the DARTS default."""
+        preset = DATASET_PRESETS.get(self.dataset, {})
+        darts_defaults = {"epochs": 50, "batch_size": 64, "arch_lr": 3e-4}
+        values = dataclasses.asdict(self)
+        for key in ("epochs", "batch_size", "init_channels", "layers", "arch_lr"):
+            if values[key] is None:
+                values[key] = preset.get(key, darts_defaults.get(key))
+        values["arch_betas"] = tuple(values["arch_betas"])
+        cfg = SearchConfig(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1; got {value}")
+        for name in ("lr", "arch_lr", "grad_clip"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite number; got {value}")
+        if self.arch_warmup_epochs < 0:
+            raise ValueError(f"arch_warmup_epochs must be >= 0; got {self.arch_warmup_epochs}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["arch_betas"] = list(d["arch_betas"])
+        return d
+
+
+# Fields that may differ between a run and its resumption without changing the result.
+_RESUME_FREE = {"run_dir", "device", "progress", "data_dir"}
+
+
+@dataclass
+class SearchResult:
+    genotype: object
+    test_accuracy: float | None
+    test_loss: float | None
+    history: list[dict]
+    run_dir: Path
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but torch sees no CUDA device")
+    return device
+
+
+def _to(x: torch.Tensor, device: torch.device, memory_format) -> torch.Tensor:
+    return x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: BatchLoader, device: torch.device, weights=None,
+             memory_format=torch.contiguous_format):
+    """Mean loss and accuracy (%) of `model` in eval mode over one pass of `loader`."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    for x, y in loader.batches(0):
+        x, y = _to(x, device, memory_format), y.to(device)
+        logits = model(x, weights)
+        total_loss += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        count += len(y)
+    model.train(was_training)
+    return total_loss / count, 100.0 * correct / count
+
+
+def _weights_record(model: nn.Module, weights) -> dict:
+    """Mixing weights of every architecture tensor, with edge and op names, for the log."""
+    if hasattr(model, "alphas_normal"):
+        names = ("normal", "reduce")
+        ops = (model.normal_ops, model.reduce_ops)
+    else:
+        names = ("cell",)
+        ops = ([model.primitives] * len(model.edge_keys),)
+    edges = model.edge_labels()
+    return {name: {"edges": edges, "ops": [list(o) for o in op_lists],
+                   "values": [[round(float(v), 6) for v in row] for row in w.tolist()]}
+            for name, op_lists, w in zip(names, ops, weights)}
+
+
+class _Progress:
+    """A tqdm bar over one epoch's steps showing loss, accuracy and images per second."""
+
+    def __init__(self, enabled: bool, total: int, desc: str):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def update(self, **postfix):
+        if self.bar is not None:
+            self.bar.set_postfix(postfix, refresh=False)
+            self.bar.update(1)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_search(config: SearchConfig, resume: bool = False, data: SearchData | None = None,
+               stop_after_epochs: int | None = None, log=print) -> SearchResult:
+    """Run (or resume) a search; see the module docstring.
+
+    Args:
+        config: the search; `None` fields are resolved from presets.
+        resume: continue from `run_dir/checkpoint.pt`; the stored configuration must agree
+            with `config` except for run_dir, device, progress and data_dir.
+        data: pre-loaded splits (tests, benchmarks); loaded from `config.dataset` otherwise.
+        stop_after_epochs: stop (as if interrupted) once this many epochs are complete.
+        log: where one-line epoch summaries go.
+    """
+    cfg = config.resolved()
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / CHECKPOINT
+    device = _device(cfg.device)
+
+    checkpoint = None
+    if resume:
+        checkpoint = load_checkpoint(ckpt_path)
+        stored = checkpoint["config"]
+        mismatched = sorted(k for k, v in cfg.to_dict().items()
+                            if k not in _RESUME_FREE and stored.get(k) != v)
+        if mismatched:
+            details = ", ".join(f"{k}: checkpoint {stored.get(k)!r} vs now "
+                                f"{cfg.to_dict()[k]!r}" for k in mismatched)
+            raise ValueError(f"resume: the configuration differs from the checkpoint's ({details})")
+    elif ckpt_path.exists():
+        raise FileExistsError(f"{ckpt_path} exists: pass resume=True (--resume) to continue "
+                              "that search, or choose another run_dir")
+
+    torch.manual_seed(cfg.seed)
+    if data is None:
+        data = load_dataset(cfg.dataset, cfg.data_dir)
+    algo = get_algorithm(cfg.algo, cfg)
+    model = build_supernet(cfg.space, data.spec.num_classes, data.spec.in_channels,
+                           C=cfg.init_channels, layers=cfg.layers).to(device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    weights_params = model.weight_parameters()
+    w_optimizer = torch.optim.SGD(weights_params, lr=cfg.lr, momentum=cfg.momentum,
+                                  weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(w_optimizer, cfg.epochs,
+                                                           eta_min=cfg.lr_min)
+    algo.setup(model)
+    train_loader = BatchLoader(data.train, data.spec, cfg.batch_size, shuffle=True, train=True,
+                               seed=cfg.seed)
+    # The architecture split is augmented like the training split, as in DARTS (§5.2).
+    val_stream = InfiniteLoader(BatchLoader(data.val, data.spec, cfg.batch_size, shuffle=True,
+                                            train=True, seed=cfg.seed + 7))
+    val_eval = BatchLoader(data.val, data.spec, 256, shuffle=False, train=False)
+    test_eval = (BatchLoader(data.test, data.spec, 256, shuffle=False, train=False)
+                 if data.test is not None else None)
+    log_file = JsonlLog(run_dir / "log.jsonl")
+
+    start_epoch, history = 0, []
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        w_optimizer.load_state_dict(checkpoint["w_optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        algo.load_state_dict(checkpoint["algorithm"])
+        train_loader.load_state_dict(checkpoint["train_loader"])
+        val_stream.load_state_dict(checkpoint["val_stream"])
+        set_rng_state(checkpoint["rng"])
+        start_epoch, history = checkpoint["epoch"], checkpoint["history"]
+        log_file.truncate_after(start_epoch - 1)
+        log(f"resumed {run_dir} at epoch {start_epoch}/{cfg.epochs}")
+    else:
+        atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        log_file.path.unlink(missing_ok=True)
+        n_weights = sum(p.numel() for p in weights_params)
+        log(f"search {cfg.algo} on {cfg.space}, {data.describe()}; supernet "
+            f"{n_weights:,} weights, device {device}, run dir {run_dir}")
+
+    search_start = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        if stop_after_epochs is not None and epoch >= stop_after_epochs:
+            break
+        algo.on_epoch_start(epoch, model)
+        lr = scheduler.get_last_lr()[0]
+        arch_on = algo.arch_updates_enabled(epoch)
+        model.train()
+        sums = {"loss": 0.0, "correct": 0, "count": 0, "arch_loss": 0.0, "arch_steps": 0}
+        epoch_start = time.perf_counter()
+        bar = _Progress(cfg.progress, len(train_loader), f"epoch {epoch + 1}/{cfg.epochs}")
+        for x, y in iter(train_loader):
+            x, y = _to(x, device, memory_format), y.to(device, non_blocking=True)
+            if arch_on:
+                xv, yv = val_stream.next()
+                out = algo.arch_step(model, (x, y), (_to(xv, device, memory_format),
+                                                     yv.to(device)), lr)
+                sums["arch_loss"] += float(out["arch_loss"])
+                sums["arch_steps"] += 1
+            w_optimizer.zero_grad(set_to_none=True)
+            logits = model(x, algo.mixing_weights(model, "weight"))
+            loss = algo.loss(logits, y)
+            grads_into(loss, weights_params)
+            nn.utils.clip_grad_norm_(weights_params, cfg.grad_clip)
+            w_optimizer.step()
+            sums["loss"] += loss.item() * len(y)
+            sums["correct"] += (logits.argmax(1) == y).sum().item()
+            sums["count"] += len(y)
+            elapsed = time.perf_counter() - epoch_start
+            bar.update(loss=f"{sums['loss'] / sums['count']:.3f}",
+                       acc=f"{100 * sums['correct'] / sums['count']:.1f}",
+                       img_s=f"{sums['count'] / max(elapsed, 1e-9):.0f}")
+        bar.close()
+        scheduler.step()
+        epoch_time = time.perf_counter() - epoch_start
+
+        with torch.no_grad():
+            weights = algo.mixing_weights(model, "eval")
+        val_loss, val_acc = evaluate(model, val_eval, device, weights, memory_format)
+        genotype = algo.genotype(model)
+        record = {
+            "epoch": epoch, "lr": lr, "arch_updates": arch_on,
+            "train_loss": sums["loss"] / sums["count"],
+            "train_acc": 100.0 * sums["correct"] / sums["count"],
+            "arch_loss": sums["arch_loss"] / sums["arch_steps"] if sums["arch_steps"] else None,
+            "val_loss": val_loss, "val_acc": val_acc,
+            "epoch_time_s": epoch_time, "images_per_s": sums["count"] / epoch_time,
+            "genotype": genotype_to_dict(genotype),
+            "weights": _weights_record(model, [w.detach().cpu() for w in weights]),
+        }
+        history.append(record)
+        atomic_save({
+            "config": cfg.to_dict(), "epoch": epoch + 1, "model": model.state_dict(),
+            "w_optimizer": w_optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "algorithm": algo.state_dict(), "train_loader": train_loader.state_dict(),
+            "val_stream": val_stream.state_dict(), "rng": rng_state(), "history": history,
+        }, ckpt_path)
+        log_file.append(record)
+        plot_arch_weights(history, run_dir / "alphas.png",
+                          title=f"{cfg.algo} on {cfg.space} / {cfg.dataset}")
+        log(f"epoch {epoch + 1}/{cfg.epochs}  lr {lr:.4g}  train loss {record['train_loss']:.3f} "
+            f"acc {record['train_acc']:.1f}%  val loss {val_loss:.3f} acc {val_acc:.1f}%  "
+            f"{record['images_per_s']:.0f} img/s  {epoch_time:.1f}s")
+
+    completed = history[-1]["epoch"] + 1 if history else 0
+    genotype = algo.genotype(model)
+    test_loss = test_acc = None
+    if completed == cfg.epochs:
+        if test_eval is not None:
+            with torch.no_grad():
+                weights = algo.mixing_weights(model, "eval")
+            test_loss, test_acc = evaluate(model, test_eval, device, weights,
+                                              memory_format)
+        save_genotype(run_dir / "genotype.json", genotype)
+        result = {
+            "config": cfg.to_dict(), "genotype": genotype_to_dict(genotype),
+            "test_loss": test_loss, "test_accuracy": test_acc,
+            "final_val_accuracy": history[-1]["val_acc"] if history else None,
+            "search_time_s_this_session": time.perf_counter() - search_start,
+            "num_weights": sum(p.numel() for p in weights_params),
+            "torch": torch.__version__, "device": str(device),
+        }
+        atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2) + "\n")
+        log(f"genotype: {genotype!r}")
+        if test_acc is not None:
+            log(f"supernet test accuracy on the held-out split: {test_acc:.2f}% "
+                f"(loss {test_loss:.3f}; chance {100 / data.spec.num_classes:.1f}%)")
+        log(f"wrote {run_dir / 'genotype.json'}, {run_dir / 'result.json'}, "
+            f"{run_dir / 'log.jsonl'}, {run_dir / 'alphas.png'}")
+    return SearchResult(genotype, test_acc, test_loss, history, run_dir)

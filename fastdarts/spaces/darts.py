@@ -1,0 +1,250 @@
+"""The DARTS CNN search space and RobustDARTS S1-S4, as plain PyTorch.
+
+Structure, edge order, op construction and parameter counts follow the original DARTS
+`cnn/model_search.py` (ALGORITHMS.md §1.1, §1.3). Differences, all deliberate:
+
+* the architecture parameters are registered `nn.Parameter`s (`alphas_normal`,
+  `alphas_reduce`), so they are saved in `state_dict`, moved by `.to()` and kept apart from
+  the weights by `arch_parameters()` / `weight_parameters()`;
+* `forward` takes optional mixing weights, so a method (softmax, Dirichlet sample, projected
+  simplex point) decides how alphas become weights; the default is the DARTS softmax;
+* per-edge op lists (S1-S4) are first-class.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..genotypes import DartsGenotype, derive_darts_genotype
+from ..ops.darts import OPS, POOL_OPS, PRIMITIVES, FactorizedReduce, ReLUConvBN
+
+__all__ = ["MixedOp", "Cell", "DartsSupernet", "SPACE_OPS", "space_edge_ops", "NUM_EDGES"]
+
+STEPS = 4
+NUM_EDGES = sum(2 + i for i in range(STEPS))  # 14
+
+# RobustDARTS S1 (ALGORITHMS.md §1.3): two ops per edge, separate lists per cell type.
+_S1_NORMAL = [
+    ("skip_connect", "dil_conv_3x3"), ("skip_connect", "dil_conv_5x5"),
+    ("skip_connect", "dil_conv_5x5"), ("skip_connect", "sep_conv_3x3"),
+    ("skip_connect", "dil_conv_3x3"), ("max_pool_3x3", "skip_connect"),
+    ("skip_connect", "sep_conv_3x3"), ("skip_connect", "sep_conv_3x3"),
+    ("skip_connect", "dil_conv_3x3"), ("skip_connect", "sep_conv_3x3"),
+    ("max_pool_3x3", "skip_connect"), ("skip_connect", "dil_conv_3x3"),
+    ("dil_conv_3x3", "dil_conv_5x5"), ("dil_conv_3x3", "dil_conv_5x5"),
+]
+_S1_REDUCE = [
+    ("max_pool_3x3", "avg_pool_3x3"), ("max_pool_3x3", "dil_conv_3x3"),
+    ("max_pool_3x3", "avg_pool_3x3"), ("max_pool_3x3", "avg_pool_3x3"),
+    ("skip_connect", "dil_conv_5x5"), ("max_pool_3x3", "avg_pool_3x3"),
+    ("max_pool_3x3", "sep_conv_3x3"), ("skip_connect", "dil_conv_3x3"),
+    ("skip_connect", "dil_conv_5x5"), ("max_pool_3x3", "avg_pool_3x3"),
+    ("max_pool_3x3", "avg_pool_3x3"), ("skip_connect", "dil_conv_5x5"),
+    ("skip_connect", "dil_conv_5x5"), ("skip_connect", "dil_conv_5x5"),
+]
+
+
+def _uniform(ops: Sequence[str]):
+    return [tuple(ops)] * NUM_EDGES
+
+
+#: Per space: (normal edge op lists, reduce edge op lists), 14 lists each, in edge order.
+SPACE_OPS = {
+    "darts": (_uniform(PRIMITIVES), _uniform(PRIMITIVES)),
+    "s1": (_S1_NORMAL, _S1_REDUCE),
+    "s2": (_uniform(("skip_connect", "sep_conv_3x3")),) * 2,
+    "s3": (_uniform(("none", "skip_connect", "sep_conv_3x3")),) * 2,
+    "s4": (_uniform(("noise", "sep_conv_3x3")),) * 2,
+}
+
+
+def space_edge_ops(space: str):
+    """Return `(normal, reduce)` per-edge op lists of a DARTS-family space."""
+    try:
+        normal, reduce = SPACE_OPS[space]
+    except KeyError:
+        raise ValueError(
+            f"space must be one of {sorted(SPACE_OPS)}; got {space!r}") from None
+    return [tuple(p) for p in normal], [tuple(p) for p in reduce]
+
+
+class MixedOp(nn.Module):
+    """One edge: `sum_k w_k * op_k(x)`, exactly the original DARTS search MixedOp.
+
+    `weights` is the edge's already-normalised row (no softmax here). Pools are followed by
+    an affine-free BatchNorm as in the original, so `state_dict` keys are `_ops.<k>.1.*`.
+    """
+
+    def __init__(self, C: int, stride: int, primitives: Sequence[str] = PRIMITIVES,
+                 affine: bool = False):
+        super().__init__()
+        self.primitives = tuple(primitives)
+        self._ops = nn.ModuleList()
+        for name in self.primitives:
+            if name not in OPS:
+                raise ValueError(f"primitives: unknown op {name!r}; known: {sorted(OPS)}")
+            op = OPS[name](C, stride, affine)
+            if name in POOL_OPS:
+                op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+            self._ops.append(op)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return sum(w * op(x) for w, op in zip(weights, self._ops))
+
+
+class Cell(nn.Module):
+    """A DARTS search cell: 2 inputs, `steps` nodes, 14 mixed edges, concat of the last nodes."""
+
+    def __init__(self, steps: int, multiplier: int, C_prev_prev: int, C_prev: int, C: int,
+                 reduction: bool, reduction_prev: bool, edge_ops: Sequence[Sequence[str]],
+                 affine: bool = False):
+        super().__init__()
+        self.reduction = reduction
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=affine)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=affine)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=affine)
+        self._steps = steps
+        self._multiplier = multiplier
+        self._ops = nn.ModuleList()
+        edge = 0
+        for i in range(steps):
+            for j in range(2 + i):
+                stride = 2 if reduction and j < 2 else 1
+                self._ops.append(MixedOp(C, stride, edge_ops[edge], affine=affine))
+                edge += 1
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        offset = 0
+        for _ in range(self._steps):
+            s = sum(self._ops[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            offset += len(states)
+            states.append(s)
+        return torch.cat(states[-self._multiplier:], dim=1)
+
+
+class DartsSupernet(nn.Module):
+    """The DARTS search network (CIFAR or ImageNet stem) over a DARTS-family space.
+
+    Args:
+        C: initial channels (16 in DARTS).
+        num_classes: classifier outputs.
+        layers: number of cells L; cells L//3 and 2L//3 are reduction cells.
+        space: `darts` (8 ops) or RobustDARTS `s1`..`s4` (per-edge op lists).
+        stem: `cifar` (3x3 conv to 3C) or `imagenet` (two stride-2 stems, total stride 8).
+        in_channels: image channels (3 for RGB; 1 for the embedded digits).
+        steps, multiplier, stem_multiplier: as in DARTS (4, 4, 3).
+        primitives: override the op list of every edge (e.g. DrNAS's 7 ops without `none`).
+    """
+
+    def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8,
+                 space: str = "darts", stem: str = "cifar", in_channels: int = 3,
+                 steps: int = STEPS, multiplier: int = 4, stem_multiplier: int = 3,
+                 primitives: Sequence[str] | None = None):
+        super().__init__()
+        if steps != STEPS:
+            raise ValueError(f"steps: the DARTS space has {STEPS} nodes per cell; got {steps}")
+        if layers < 3:
+            raise ValueError(f"layers must be >= 3 (two reduction cells); got {layers}")
+        if stem not in ("cifar", "imagenet"):
+            raise ValueError(f"stem must be 'cifar' or 'imagenet'; got {stem!r}")
+        self.space, self.stem_type = space, stem
+        self._C, self._num_classes, self._layers = C, num_classes, layers
+        self._steps, self._multiplier = steps, multiplier
+        if primitives is not None:
+            normal_ops = reduce_ops = [tuple(primitives)] * NUM_EDGES
+        else:
+            normal_ops, reduce_ops = space_edge_ops(space)
+        self.normal_ops, self.reduce_ops = normal_ops, reduce_ops
+
+        C_curr = stem_multiplier * C
+        if stem == "cifar":
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
+                nn.BatchNorm2d(C_curr),
+            )
+            reduction_prev = False
+        else:
+            self.stem0 = nn.Sequential(
+                nn.Conv2d(in_channels, C_curr // 2, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(C_curr // 2),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(C_curr // 2, C_curr, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(C_curr),
+            )
+            self.stem1 = nn.Sequential(
+                nn.ReLU(inplace=True),
+                nn.Conv2d(C_curr, C_curr, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(C_curr),
+            )
+            reduction_prev = True
+
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            cell = Cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction,
+                        reduction_prev, reduce_ops if reduction else normal_ops)
+            self.cells.append(cell)
+            reduction_prev = reduction
+            C_prev_prev, C_prev = C_prev, multiplier * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+        self.alphas_normal = nn.Parameter(1e-3 * torch.randn(NUM_EDGES, len(normal_ops[0])))
+        self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(NUM_EDGES, len(reduce_ops[0])))
+        for ops in (*normal_ops, *reduce_ops):
+            if len(ops) != len(normal_ops[0]):
+                raise ValueError("every edge of a space must have the same number of ops "
+                                 "(one alpha row per edge)")
+
+    # -- parameters --------------------------------------------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alphas_normal, self.alphas_reduce]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def mixing_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The DARTS mixing weights: a softmax over each edge's ops, per cell type."""
+        return F.softmax(self.alphas_normal, dim=-1), F.softmax(self.alphas_reduce, dim=-1)
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor,
+                weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits for images `x` (N, C_in, H, W).
+
+        `weights` = (normal, reduce) mixing weights, each (14, n_ops), already normalised;
+        by default `mixing_weights()` (softmax of the alphas).
+        """
+        w_normal, w_reduce = self.mixing_weights() if weights is None else weights
+        if self.stem_type == "cifar":
+            s0 = s1 = self.stem(x)
+        else:
+            s0 = self.stem0(x)
+            s1 = self.stem1(s0)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
+        out = self.global_pooling(s1)
+        return self.classifier(out.flatten(1))
+
+    # -- derivation --------------------------------------------------------------------------
+    def genotype(self, weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> DartsGenotype:
+        """The DARTS-rule genotype (top-2 edges per node excluding `none`, argmax op)."""
+        with torch.no_grad():
+            w_normal, w_reduce = self.mixing_weights() if weights is None else weights
+        return derive_darts_genotype(w_normal, w_reduce, self.normal_ops, self.reduce_ops,
+                                     steps=self._steps, multiplier=self._multiplier)
+
+    def edge_labels(self) -> list[str]:
+        """Human-readable edge names in alpha row order, e.g. 'n2<-c_{k-1}'."""
+        names = ["c_{k-2}", "c_{k-1}"] + [f"n{i}" for i in range(self._steps)]
+        return [f"n{i}<-{names[j]}" for i in range(self._steps) for j in range(2 + i)]
