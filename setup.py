@@ -23,7 +23,9 @@ def _env_flag(name: str) -> bool:
 
 
 def _git_commit() -> str | None:
-    """HEAD's commit from the .git folder, without running git."""
+    """HEAD's commit from the .git folder (or FASTDARTS_COMMIT), without running git."""
+    if os.environ.get("FASTDARTS_COMMIT"):
+        return os.environ["FASTDARTS_COMMIT"]
     git = ROOT / ".git"
     try:
         if git.is_file():  # a worktree: "gitdir: <path>"

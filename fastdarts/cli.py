@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... [auto]")
     s.add_argument("--no-channels-last", action="store_true", default=None,
                    help="keep activations NCHW instead of channels_last")
+    s.add_argument("--deterministic", action="store_true", default=None,
+                   help="repeatable runs on a GPU (deterministic cuDNN algorithms)")
     s.add_argument("--no-progress", action="store_true", default=None,
                    help="no progress bar (epoch lines are still printed)")
     s.add_argument("--resume", action="store_true",

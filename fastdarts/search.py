@@ -70,6 +70,7 @@ class SearchConfig:
     seed: int = 2
     device: str = "auto"
     channels_last: bool = True
+    deterministic: bool = False
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -212,6 +213,11 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
         raise FileExistsError(f"{ckpt_path} exists: pass resume=True (--resume) to continue "
                               "that search, or choose another run_dir")
 
+    if cfg.deterministic:
+        # cuDNN picks non-deterministic algorithms by default; this makes a run (and its
+        # resumption) repeatable on a GPU too, at some speed.
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
     torch.manual_seed(cfg.seed)
     if data is None:
         data = load_dataset(cfg.dataset, cfg.data_dir)
