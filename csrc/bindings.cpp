@@ -3,6 +3,8 @@
 // the CUDA launchers.
 #include <torch/extension.h>
 
+#include <string>
+
 #include "weighted_sum.h"
 #ifdef FASTDARTS_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -16,6 +18,17 @@ namespace {
 
 #define FD_CHECK_ARG(cond, fn, name, ...) \
   TORCH_CHECK(cond, fn, ": argument '", name, "' ", __VA_ARGS__)
+
+// Shapes are formatted by hand: streaming IntArrayRef into TORCH_CHECK crashed the CUDA
+// build on an H100 machine (torch 2.11), while scalar messages were fine.
+std::string shape_str(const at::Tensor& t) {
+  std::string s = "[";
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (d) s += ", ";
+    s += std::to_string(t.size(d));
+  }
+  return s + "]";
+}
 
 DType to_dtype(const at::Tensor& t, const char* fn, const char* name) {
   switch (t.scalar_type()) {
@@ -31,10 +44,10 @@ DType to_dtype(const at::Tensor& t, const char* fn, const char* name) {
 
 // y (K, M) contiguous, w (K,) contiguous in the accumulation dtype, same device.
 void check_weighted_sum_inputs(const char* fn, const at::Tensor& y, const at::Tensor& w) {
-  FD_CHECK_ARG(y.dim() == 2, fn, "y", "must be 2-D (K, M); got shape ", y.sizes());
+  FD_CHECK_ARG(y.dim() == 2, fn, "y", "must be 2-D (K, M); got shape ", shape_str(y));
   FD_CHECK_ARG(y.is_contiguous(), fn, "y", "must be contiguous");
   FD_CHECK_ARG(w.dim() == 1 && w.size(0) == y.size(0), fn, "w", "must have shape (",
-               y.size(0), ",); got ", w.sizes());
+               y.size(0), ",); got ", shape_str(w));
   FD_CHECK_ARG(w.is_contiguous(), fn, "w", "must be contiguous");
   FD_CHECK_ARG(w.device() == y.device(), fn, "w", "must be on ", y.device(), "; got ",
                w.device());
@@ -81,7 +94,7 @@ std::vector<at::Tensor> weighted_sum_bwd(const at::Tensor& y, const at::Tensor& 
   const char* fn = "weighted_sum_bwd";
   check_weighted_sum_inputs(fn, y, w);
   FD_CHECK_ARG(g.dim() == 1 && g.size(0) == y.size(1), fn, "g", "must have shape (",
-               y.size(1), ",); got ", g.sizes());
+               y.size(1), ",); got ", shape_str(g));
   FD_CHECK_ARG(g.is_contiguous(), fn, "g", "must be contiguous");
   FD_CHECK_ARG(g.scalar_type() == y.scalar_type(), fn, "g", "must have y's dtype ",
                y.scalar_type(), "; got ", g.scalar_type());

@@ -38,7 +38,7 @@ def test_search_writes_readable_results(tmp_path):
     assert (run / "alphas.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((run / "config.json").read_text())["epochs"] == 3
     # weights in the log are softmax rows of the alphas at that epoch
-    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False, map_location="cpu")
     last = torch.tensor(records[-1]["weights"]["normal"]["values"])
     torch.testing.assert_close(last, torch.softmax(ckpt["model"]["alphas_normal"], -1),
                                atol=1e-6, rtol=0)
@@ -69,8 +69,8 @@ def test_resume_equals_uninterrupted(tmp_path, space):
     run_search(part_cfg, data=tiny_data(), stop_after_epochs=1, log=quiet)
     assert not (tmp_path / "part" / "genotype.json").exists()
     resumed = run_search(part_cfg, resume=True, data=tiny_data(), log=quiet)
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False, map_location="cpu")["model"]
+    b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False, map_location="cpu")["model"]
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -110,7 +110,7 @@ def test_bad_configuration_raises_named_errors(tmp_path, kw, match):
 def test_arch_warmup_keeps_alphas_fixed(tmp_path):
     run_search(tiny_config(tmp_path / "w", epochs=1, arch_warmup_epochs=1), data=tiny_data(),
                log=quiet)
-    ckpt = torch.load(tmp_path / "w" / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "w" / "checkpoint.pt", weights_only=False, map_location="cpu")
     torch.manual_seed(5)
     from fastdarts.spaces import build_supernet
     fresh = build_supernet("darts", 10, 3, C=4, layers=3)
