@@ -3,6 +3,8 @@
 // the CUDA launchers.
 #include <torch/extension.h>
 
+#include <sstream>
+#include <stdexcept>
 #include <string>
 
 #include "weighted_sum.h"
@@ -16,11 +18,22 @@
 namespace fastdarts {
 namespace {
 
-#define FD_CHECK_ARG(cond, fn, name, ...) \
-  TORCH_CHECK(cond, fn, ": argument '", name, "' ", __VA_ARGS__)
+// Bad arguments throw std::invalid_argument, which pybind11 turns into ValueError, the
+// same type the Python layer raises. (Throwing c10::Error from the argument checks crashed
+// the process in the CUDA build on an H100 machine with torch 2.11.)
+template <typename... Args>
+[[noreturn]] void throw_bad_argument(const char* fn, const char* name, const Args&... parts) {
+  std::ostringstream message;
+  message << fn << ": argument '" << name << "' ";
+  (message << ... << parts);
+  throw std::invalid_argument(message.str());
+}
 
-// Shapes are formatted by hand: streaming IntArrayRef into TORCH_CHECK crashed the CUDA
-// build on an H100 machine (torch 2.11), while scalar messages were fine.
+#define FD_CHECK_ARG(cond, fn, name, ...) \
+  do {                                     \
+    if (!(cond)) throw_bad_argument(fn, name, __VA_ARGS__); \
+  } while (0)
+
 std::string shape_str(const at::Tensor& t) {
   std::string s = "[";
   for (int64_t d = 0; d < t.dim(); ++d) {
@@ -37,8 +50,8 @@ DType to_dtype(const at::Tensor& t, const char* fn, const char* name) {
     case at::kBFloat16: return DType::kBFloat16;
     case at::kDouble: return DType::kFloat64;
     default:
-      TORCH_CHECK(false, fn, ": argument '", name,
-                  "' must be float32, float16, bfloat16 or float64; got ", t.scalar_type());
+      throw_bad_argument(fn, name, "must be float32, float16, bfloat16 or float64; got ",
+                         c10::toString(t.scalar_type()));
   }
 }
 
@@ -49,11 +62,12 @@ void check_weighted_sum_inputs(const char* fn, const at::Tensor& y, const at::Te
   FD_CHECK_ARG(w.dim() == 1 && w.size(0) == y.size(0), fn, "w", "must have shape (",
                y.size(0), ",); got ", shape_str(w));
   FD_CHECK_ARG(w.is_contiguous(), fn, "w", "must be contiguous");
-  FD_CHECK_ARG(w.device() == y.device(), fn, "w", "must be on ", y.device(), "; got ",
-               w.device());
+  FD_CHECK_ARG(w.device() == y.device(), fn, "w", "must be on ", y.device().str(), "; got ",
+               w.device().str());
   const auto acc = y.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  FD_CHECK_ARG(w.scalar_type() == acc, fn, "w", "must be ", acc, " for y of dtype ",
-               y.scalar_type(), "; got ", w.scalar_type());
+  FD_CHECK_ARG(w.scalar_type() == acc, fn, "w", "must be ", c10::toString(acc),
+               " for y of dtype ", c10::toString(y.scalar_type()), "; got ",
+               c10::toString(w.scalar_type()));
 }
 
 WeightedSumParams make_params(const at::Tensor& y, const at::Tensor& w, const char* fn) {
@@ -83,7 +97,8 @@ at::Tensor weighted_sum_fwd(const at::Tensor& y, const at::Tensor& w) {
 #endif
   } else {
     FD_CHECK_ARG(p.dtype == DType::kFloat32 || p.dtype == DType::kFloat64, fn, "y",
-                 "must be float32 or float64 on the CPU; got ", y.scalar_type());
+                 "must be float32 or float64 on the CPU; got ",
+                 c10::toString(y.scalar_type()));
     weighted_sum_fwd_cpu(p);
   }
   return out;
@@ -97,9 +112,9 @@ std::vector<at::Tensor> weighted_sum_bwd(const at::Tensor& y, const at::Tensor& 
                y.size(1), ",); got ", shape_str(g));
   FD_CHECK_ARG(g.is_contiguous(), fn, "g", "must be contiguous");
   FD_CHECK_ARG(g.scalar_type() == y.scalar_type(), fn, "g", "must have y's dtype ",
-               y.scalar_type(), "; got ", g.scalar_type());
-  FD_CHECK_ARG(g.device() == y.device(), fn, "g", "must be on ", y.device(), "; got ",
-               g.device());
+               c10::toString(y.scalar_type()), "; got ", c10::toString(g.scalar_type()));
+  FD_CHECK_ARG(g.device() == y.device(), fn, "g", "must be on ", y.device().str(), "; got ",
+               g.device().str());
   at::Tensor dy = need_dy ? at::empty_like(y) : at::Tensor();
   at::Tensor dw = at::empty_like(w);
   WeightedSumParams p = make_params(y, w, fn);
@@ -120,7 +135,8 @@ std::vector<at::Tensor> weighted_sum_bwd(const at::Tensor& y, const at::Tensor& 
 #endif
   } else {
     FD_CHECK_ARG(p.dtype == DType::kFloat32 || p.dtype == DType::kFloat64, fn, "y",
-                 "must be float32 or float64 on the CPU; got ", y.scalar_type());
+                 "must be float32 or float64 on the CPU; got ",
+                 c10::toString(y.scalar_type()));
     weighted_sum_bwd_cpu(p);
   }
   return {dy, dw};

@@ -118,7 +118,11 @@ def test_extension_checks_name_the_argument():
     from fastdarts._ext import C
     if C is None:
         pytest.skip("extension not built")
-    with pytest.raises(RuntimeError, match="argument 'w' must have shape"):
+    with pytest.raises(ValueError, match=r"argument 'w' must have shape \(3,\); got \[2\]"):
         C.weighted_sum_fwd(torch.randn(3, 10), torch.randn(2))
-    with pytest.raises(RuntimeError, match="argument 'y' must be 2-D"):
+    with pytest.raises(ValueError, match=r"argument 'y' must be 2-D \(K, M\); got shape \[3, 10, 2\]"):
         C.weighted_sum_fwd(torch.randn(3, 10, 2), torch.randn(3))
+    with pytest.raises(ValueError, match="argument 'y' must be float32, float16"):
+        C.weighted_sum_fwd(torch.randn(3, 10).long(), torch.randn(3))
+    with pytest.raises(ValueError, match="argument 'g' must have y's dtype Float; got Double"):
+        C.weighted_sum_bwd(torch.randn(3, 10), torch.randn(3), torch.randn(10).double(), True)
