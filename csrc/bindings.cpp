@@ -19,8 +19,9 @@ namespace fastdarts {
 namespace {
 
 // Bad arguments throw std::invalid_argument, which pybind11 turns into ValueError, the
-// same type the Python layer raises. (Throwing c10::Error from the argument checks crashed
-// the process in the CUDA build on an H100 machine with torch 2.11.)
+// same type the Python layer raises. Open problem: in the CUDA build on the lent H100
+// (torch 2.11) a throw from check_weighted_sum_inputs kills the process, with this
+// exception type as with c10::Error; the throw from to_dtype does not.
 template <typename... Args>
 [[noreturn]] void throw_bad_argument(const char* fn, const char* name, const Args&... parts) {
   std::ostringstream message;

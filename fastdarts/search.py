@@ -13,7 +13,7 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -72,7 +72,6 @@ class SearchConfig:
     channels_last: bool = True
     deterministic: bool = False
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
     def resolved(self) -> "SearchConfig":
         """A copy with every `None` filled from the data-set preset or the DARTS default."""
