@@ -7,11 +7,13 @@
 #include <stdexcept>
 #include <string>
 
+#include "mixed_op.h"
 #include "weighted_sum.h"
 #ifdef FASTDARTS_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "mixed_op.cuh"
 #include "weighted_sum.cuh"
 #endif
 
@@ -143,6 +145,190 @@ std::vector<at::Tensor> weighted_sum_bwd(const at::Tensor& y, const at::Tensor& 
   return {dy, dw};
 }
 
+
+// ---------------------------------------------------------------------------------------
+// Fused mixed-op tail (mixed_op.h). Every activation is 4-D (N, C, H, W), contiguous in
+// NCHW or channels_last; all activations of one call share z's layout. Per-channel vectors
+// and the weights are in the accumulation dtype (float; double for double storage).
+
+using OptTensor = c10::optional<at::Tensor>;
+
+at::ScalarType acc_type(const at::Tensor& z) {
+  return z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+struct TailCall {
+  const char* fn;
+  const at::Tensor& z;
+  bool channels_last = false;
+  BnTailParams p{};
+
+  TailCall(const char* fn_, const at::Tensor& z_) : fn(fn_), z(z_) {
+    FD_CHECK_ARG(z.dim() == 4, fn, "z", "must be 4-D (N, C, H, W); got shape ", shape_str(z));
+    if (z.is_contiguous()) {
+      channels_last = false;
+    } else if (z.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+      channels_last = true;
+    } else {
+      throw_bad_argument(fn, "z", "must be contiguous in NCHW or channels_last order");
+    }
+    p.dtype = to_dtype(z, fn, "z");
+    if (z.is_cuda()) {
+      FD_CHECK_ARG(p.dtype != DType::kFloat64, fn, "z", "float64 is not supported on CUDA");
+    } else {
+      FD_CHECK_ARG(p.dtype == DType::kFloat32 || p.dtype == DType::kFloat64, fn, "z",
+                   "must be float32 or float64 on the CPU; got ",
+                   c10::toString(z.scalar_type()));
+    }
+    p.N = z.size(0);
+    p.C = z.size(1);
+    p.S = z.size(2) * z.size(3);
+    p.channels_last = channels_last;
+    p.z = z.data_ptr();
+  }
+
+  // Another activation: same shape, layout and device; `dtype` as given.
+  const void* activation(const at::Tensor& t, const char* name, at::ScalarType dtype) const {
+    FD_CHECK_ARG(t.sizes() == z.sizes(), fn, name, "must have z's shape ", shape_str(z),
+                 "; got ", shape_str(t));
+    FD_CHECK_ARG(t.device() == z.device(), fn, name, "must be on ", z.device().str(),
+                 "; got ", t.device().str());
+    FD_CHECK_ARG(t.scalar_type() == dtype, fn, name, "must be ", c10::toString(dtype),
+                 "; got ", c10::toString(t.scalar_type()));
+    FD_CHECK_ARG(t.is_contiguous(channels_last ? at::MemoryFormat::ChannelsLast
+                                               : at::MemoryFormat::Contiguous),
+                 fn, name, "must have z's memory layout (",
+                 channels_last ? "channels_last" : "NCHW", ")");
+    return t.data_ptr();
+  }
+
+  // A vector of `n` values in the accumulation dtype on z's device (null when absent).
+  const void* vec(const OptTensor& t, const char* name, int64_t n) const {
+    if (!t.has_value() || !t->defined()) return nullptr;
+    FD_CHECK_ARG(t->dim() == 1 && t->size(0) == n, fn, name, "must have shape (", n, ",); got ",
+                 shape_str(*t));
+    FD_CHECK_ARG(t->is_contiguous(), fn, name, "must be contiguous");
+    FD_CHECK_ARG(t->device() == z.device(), fn, name, "must be on ", z.device().str(),
+                 "; got ", t->device().str());
+    FD_CHECK_ARG(t->scalar_type() == acc_type(z), fn, name, "must be ",
+                 c10::toString(acc_type(z)), "; got ", c10::toString(t->scalar_type()));
+    return t->data_ptr();
+  }
+
+  void weights(const at::Tensor& w, int64_t k) {
+    p.w = vec(w, "w", w.dim() == 1 ? w.size(0) : -1);
+    FD_CHECK_ARG(k >= 0 && k < w.size(0), fn, "k", "must index w (0 <= k < ", w.size(0),
+                 "); got ", k);
+    p.k = k;
+  }
+
+  at::Tensor new_vec() const { return at::empty({p.C}, z.options().dtype(acc_type(z))); }
+
+#ifdef FASTDARTS_WITH_CUDA
+  at::Tensor workspace() {
+    p.num_chunks = bn_num_chunks(p.N * p.S);
+    return at::empty({3 * p.num_chunks * p.C}, z.options().dtype(at::kFloat));
+  }
+#endif
+
+  template <typename Cpu, typename Cuda>
+  void run(Cpu cpu, Cuda cuda) {
+    if (z.is_cuda()) {
+#ifdef FASTDARTS_WITH_CUDA
+      const c10::cuda::CUDAGuard guard(z.device());
+      const cudaError_t err = cuda(p, c10::cuda::getCurrentCUDAStream());
+      TORCH_CHECK(err == cudaSuccess, fn, ": ", cudaGetErrorString(err));
+#else
+      (void)cuda;
+      TORCH_CHECK(false, fn, ": fastdarts._C was built without CUDA");
+#endif
+    } else {
+      cpu(p);
+    }
+  }
+};
+
+#ifdef FASTDARTS_WITH_CUDA
+#define FD_CUDA_LAUNCHER(name) name
+#else
+#define FD_CUDA_LAUNCHER(name) nullptr
+#endif
+
+std::vector<at::Tensor> bn_stats(const at::Tensor& z, double eps) {
+  TailCall call("bn_stats", z);
+  FD_CHECK_ARG(eps >= 0, call.fn, "eps", "must be >= 0; got ", eps);
+  at::Tensor mean = call.new_vec(), var = call.new_vec(), rstd = call.new_vec();
+  call.p.eps = eps;
+  call.p.out0 = mean.data_ptr();
+  call.p.out1 = var.data_ptr();
+  call.p.out2 = rstd.data_ptr();
+#ifdef FASTDARTS_WITH_CUDA
+  at::Tensor ws = z.is_cuda() ? call.workspace() : at::Tensor();
+  if (ws.defined()) call.p.partials = ws.data_ptr();
+#endif
+  call.run(bn_stats_cpu, FD_CUDA_LAUNCHER(launch_bn_stats));
+  return {mean, var, rstd};
+}
+
+void bn_accumulate(at::Tensor& acc, const at::Tensor& z, const at::Tensor& w, int64_t k,
+                   const OptTensor& mean, const OptTensor& rstd, const OptTensor& gamma,
+                   const OptTensor& beta, bool init) {
+  TailCall call("bn_accumulate", z);
+  call.p.acc = const_cast<void*>(call.activation(acc, "acc", acc_type(z)));
+  call.weights(w, k);
+  call.p.mean = call.vec(mean, "mean", call.p.C);
+  call.p.rstd = call.vec(rstd, "rstd", call.p.C);
+  FD_CHECK_ARG((call.p.mean == nullptr) == (call.p.rstd == nullptr), call.fn, "rstd",
+               "must be given exactly when mean is");
+  call.p.gamma = call.vec(gamma, "gamma", call.p.C);
+  call.p.beta = call.vec(beta, "beta", call.p.C);
+  call.p.init = init;
+  call.run(bn_accumulate_cpu, FD_CUDA_LAUNCHER(launch_bn_accumulate));
+}
+
+std::vector<at::Tensor> bn_grad_reduce(const at::Tensor& g, const at::Tensor& z,
+                                       const OptTensor& mean, const OptTensor& rstd) {
+  TailCall call("bn_grad_reduce", z);
+  call.p.g = call.activation(g, "g", z.scalar_type());
+  call.p.mean = call.vec(mean, "mean", call.p.C);
+  call.p.rstd = call.vec(rstd, "rstd", call.p.C);
+  FD_CHECK_ARG((call.p.mean == nullptr) == (call.p.rstd == nullptr), call.fn, "rstd",
+               "must be given exactly when mean is");
+  at::Tensor sum_g = call.new_vec(), sum_gx = call.new_vec();
+  call.p.out0 = sum_g.data_ptr();
+  call.p.out1 = sum_gx.data_ptr();
+#ifdef FASTDARTS_WITH_CUDA
+  at::Tensor ws = z.is_cuda() ? call.workspace() : at::Tensor();
+  if (ws.defined()) call.p.partials = ws.data_ptr();
+#endif
+  call.run(bn_grad_reduce_cpu, FD_CUDA_LAUNCHER(launch_bn_grad_reduce));
+  return {sum_g, sum_gx};
+}
+
+at::Tensor bn_grad_input(const at::Tensor& g, const at::Tensor& z, const at::Tensor& w,
+                         int64_t k, const OptTensor& mean, const OptTensor& rstd,
+                         const OptTensor& gamma, const OptTensor& sum_g,
+                         const OptTensor& sum_gx, bool batch_stats) {
+  TailCall call("bn_grad_input", z);
+  call.p.g = call.activation(g, "g", z.scalar_type());
+  call.weights(w, k);
+  call.p.mean = call.vec(mean, "mean", call.p.C);
+  call.p.rstd = call.vec(rstd, "rstd", call.p.C);
+  FD_CHECK_ARG((call.p.mean == nullptr) == (call.p.rstd == nullptr), call.fn, "rstd",
+               "must be given exactly when mean is");
+  call.p.gamma = call.vec(gamma, "gamma", call.p.C);
+  call.p.sum_g = call.vec(sum_g, "sum_g", call.p.C);
+  call.p.sum_gx = call.vec(sum_gx, "sum_gx", call.p.C);
+  call.p.batch_stats = batch_stats;
+  FD_CHECK_ARG(!(batch_stats && call.p.mean != nullptr) ||
+                   (call.p.sum_g != nullptr && call.p.sum_gx != nullptr),
+               call.fn, "sum_g", "and sum_gx are required with batch statistics");
+  at::Tensor dz = at::empty_like(z);
+  call.p.dz = dz.data_ptr();
+  call.run(bn_grad_input_cpu, FD_CUDA_LAUNCHER(launch_bn_grad_input));
+  return dz;
+}
+
 bool with_cuda() {
 #ifdef FASTDARTS_WITH_CUDA
   return true;
@@ -161,5 +347,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("weighted_sum_bwd", &fastdarts::weighted_sum_bwd,
         "(dy, dw) of weighted_sum given the upstream gradient g", py::arg("y"), py::arg("w"),
         py::arg("g"), py::arg("need_dy"));
+  m.def("bn_stats", &fastdarts::bn_stats, "(mean, var, rstd) per channel of z",
+        py::arg("z"), py::arg("eps"));
+  m.def("bn_accumulate", &fastdarts::bn_accumulate,
+        "acc (=|+=) w[k] * (gamma * (z - mean) * rstd + beta)", py::arg("acc"), py::arg("z"),
+        py::arg("w"), py::arg("k"), py::arg("mean"), py::arg("rstd"), py::arg("gamma"),
+        py::arg("beta"), py::arg("init"));
+  m.def("bn_grad_reduce", &fastdarts::bn_grad_reduce, "(sum g, sum g * xhat) per channel",
+        py::arg("g"), py::arg("z"), py::arg("mean"), py::arg("rstd"));
+  m.def("bn_grad_input", &fastdarts::bn_grad_input, "gradient of z through the BN tail",
+        py::arg("g"), py::arg("z"), py::arg("w"), py::arg("k"), py::arg("mean"),
+        py::arg("rstd"), py::arg("gamma"), py::arg("sum_g"), py::arg("sum_gx"),
+        py::arg("batch_stats"));
   m.def("with_cuda", &fastdarts::with_cuda, "whether the CUDA kernels were compiled in");
 }

@@ -20,7 +20,8 @@ import warnings
 import torch
 
 from . import _ext
-from .reference import weighted_sum_ref
+from .reference import (bn_accumulate_ref, bn_grad_input_ref, bn_grad_reduce_ref, bn_stats_ref,
+                        weighted_sum_ref)
 
 __all__ = ["Backend", "BACKENDS", "select_backend", "backend_report", "ENV_VAR"]
 
@@ -72,6 +73,28 @@ class Backend:
     def weighted_sum_bwd(y, w, g, need_dy):
         raise NotImplementedError
 
+    # Fused mixed-op tail (csrc/mixed_op.h). Activations (N, C, H, W) share one layout
+    # (NCHW or channels_last); vectors and w are in the accumulation dtype.
+    @staticmethod
+    def bn_stats(z, eps):
+        """-> (mean, var, rstd) per channel."""
+        raise NotImplementedError
+
+    @staticmethod
+    def bn_accumulate(acc, z, w, k, mean, rstd, gamma, beta, init):
+        """acc (=|+=) w[k] * (gamma * (z - mean) * rstd + beta), in place."""
+        raise NotImplementedError
+
+    @staticmethod
+    def bn_grad_reduce(g, z, mean, rstd):
+        """-> (sum g, sum g * xhat) per channel."""
+        raise NotImplementedError
+
+    @staticmethod
+    def bn_grad_input(g, z, w, k, mean, rstd, gamma, sum_g, sum_gx, batch_stats):
+        """-> dz through the BN tail (batch or fixed statistics)."""
+        raise NotImplementedError
+
 
 class ReferenceBackend(Backend):
     NAME = "reference"
@@ -87,6 +110,11 @@ class ReferenceBackend(Backend):
         dy = w.to(y.dtype)[:, None] * g[None, :] if need_dy else None
         dw = (y.to(w.dtype) * g.to(w.dtype)[None, :]).sum(dim=1)
         return dy, dw
+
+    bn_stats = staticmethod(bn_stats_ref)
+    bn_accumulate = staticmethod(bn_accumulate_ref)
+    bn_grad_reduce = staticmethod(bn_grad_reduce_ref)
+    bn_grad_input = staticmethod(bn_grad_input_ref)
 
 
 class CpuBackend(Backend):
@@ -108,6 +136,22 @@ class CpuBackend(Backend):
     def weighted_sum_bwd(y, w, g, need_dy):
         dy, dw = _ext.C.weighted_sum_bwd(y, w, g, need_dy)
         return (dy if need_dy else None), dw
+
+    @staticmethod
+    def bn_stats(z, eps):
+        return tuple(_ext.C.bn_stats(z, eps))
+
+    @staticmethod
+    def bn_accumulate(acc, z, w, k, mean, rstd, gamma, beta, init):
+        _ext.C.bn_accumulate(acc, z, w, k, mean, rstd, gamma, beta, init)
+
+    @staticmethod
+    def bn_grad_reduce(g, z, mean, rstd):
+        return tuple(_ext.C.bn_grad_reduce(g, z, mean, rstd))
+
+    @staticmethod
+    def bn_grad_input(g, z, w, k, mean, rstd, gamma, sum_g, sum_gx, batch_stats):
+        return _ext.C.bn_grad_input(g, z, w, k, mean, rstd, gamma, sum_g, sum_gx, batch_stats)
 
 
 class CudaBackend(CpuBackend):
@@ -157,6 +201,26 @@ class TritonBackend(Backend):
     def weighted_sum_bwd(y, w, g, need_dy):
         from fastdarts.kernels.weighted_sum import weighted_sum_bwd
         return weighted_sum_bwd(y, w, g, need_dy)
+
+    @staticmethod
+    def bn_stats(z, eps):
+        from fastdarts.kernels.mixed_op import bn_stats
+        return bn_stats(z, eps)
+
+    @staticmethod
+    def bn_accumulate(acc, z, w, k, mean, rstd, gamma, beta, init):
+        from fastdarts.kernels.mixed_op import bn_accumulate
+        bn_accumulate(acc, z, w, k, mean, rstd, gamma, beta, init)
+
+    @staticmethod
+    def bn_grad_reduce(g, z, mean, rstd):
+        from fastdarts.kernels.mixed_op import bn_grad_reduce
+        return bn_grad_reduce(g, z, mean, rstd)
+
+    @staticmethod
+    def bn_grad_input(g, z, w, k, mean, rstd, gamma, sum_g, sum_gx, batch_stats):
+        from fastdarts.kernels.mixed_op import bn_grad_input
+        return bn_grad_input(g, z, w, k, mean, rstd, gamma, sum_g, sum_gx, batch_stats)
 
 
 BACKENDS: dict[str, type[Backend]] = {

@@ -1,5 +1,8 @@
 """Plain-PyTorch references of every fused kernel: what the tests trust, and the fallback
 backend. Each `<op>_ref` has the signature of the public op."""
+from .mixed_op import (bn_accumulate_ref, bn_grad_input_ref, bn_grad_reduce_ref, bn_stats_ref,
+                       mixed_op_ref)
 from .weighted_sum import weighted_sum_ref
 
-__all__ = ["weighted_sum_ref"]
+__all__ = ["weighted_sum_ref", "mixed_op_ref", "bn_stats_ref", "bn_accumulate_ref",
+           "bn_grad_reduce_ref", "bn_grad_input_ref"]

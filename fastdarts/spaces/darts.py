@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..genotypes import DartsGenotype, derive_darts_genotype
-from ..ops.darts import OPS, POOL_OPS, PRIMITIVES, FactorizedReduce, ReLUConvBN
+from ..mixed import MixedOp, check_memory
+from ..ops.darts import PRIMITIVES, FactorizedReduce, ReLUConvBN
+from ..recompute import recompute
 
 __all__ = ["MixedOp", "Cell", "DartsSupernet", "SPACE_OPS", "space_edge_ops", "NUM_EDGES"]
 
@@ -71,38 +73,19 @@ def space_edge_ops(space: str):
     return [tuple(p) for p in normal], [tuple(p) for p in reduce]
 
 
-class MixedOp(nn.Module):
-    """One edge: `sum_k w_k * op_k(x)`, exactly the original DARTS search MixedOp.
-
-    `weights` is the edge's already-normalised row (no softmax here). Pools are followed by
-    an affine-free BatchNorm as in the original, so `state_dict` keys are `_ops.<k>.1.*`.
-    """
-
-    def __init__(self, C: int, stride: int, primitives: Sequence[str] = PRIMITIVES,
-                 affine: bool = False):
-        super().__init__()
-        self.primitives = tuple(primitives)
-        self._ops = nn.ModuleList()
-        for name in self.primitives:
-            if name not in OPS:
-                raise ValueError(f"primitives: unknown op {name!r}; known: {sorted(OPS)}")
-            op = OPS[name](C, stride, affine)
-            if name in POOL_OPS:
-                op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
-            self._ops.append(op)
-
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return sum(w * op(x) for w, op in zip(weights, self._ops))
-
-
 class Cell(nn.Module):
-    """A DARTS search cell: 2 inputs, `steps` nodes, 14 mixed edges, concat of the last nodes."""
+    """A DARTS search cell: 2 inputs, `steps` nodes, 14 mixed edges, concat of the last nodes.
+
+    With `memory="low"` the cell keeps only its inputs for backward and is recomputed there
+    (`fastdarts.recompute`), its edges running through the fused kernels.
+    """
 
     def __init__(self, steps: int, multiplier: int, C_prev_prev: int, C_prev: int, C: int,
                  reduction: bool, reduction_prev: bool, edge_ops: Sequence[Sequence[str]],
-                 affine: bool = False):
+                 affine: bool = False, memory: str = "low"):
         super().__init__()
         self.reduction = reduction
+        self.memory = check_memory(memory)
         if reduction_prev:
             self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=affine)
         else:
@@ -115,10 +98,16 @@ class Cell(nn.Module):
         for i in range(steps):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
-                self._ops.append(MixedOp(C, stride, edge_ops[edge], affine=affine))
+                self._ops.append(MixedOp(C, stride, edge_ops[edge], memory=memory,
+                                         affine=affine))
                 edge += 1
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        if self.memory == "low":
+            return recompute(self, self._forward, s0, s1, weights)
+        return self._forward(s0, s1, weights)
+
+    def _forward(self, s0, s1, weights):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for _ in range(self._steps):
@@ -140,13 +129,16 @@ class DartsSupernet(nn.Module):
         in_channels: image channels (3 for RGB; 1 for the embedded digits).
         steps, multiplier, stem_multiplier: as in DARTS (4, 4, 3).
         primitives: override the op list of every edge (e.g. DrNAS's 7 ops without `none`).
+        memory: `low` (cells recomputed, fused edges), `fast` (fused edges keeping their
+            bodies' graphs) or `reference` (the original plain-PyTorch edges).
     """
 
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8,
                  space: str = "darts", stem: str = "cifar", in_channels: int = 3,
                  steps: int = STEPS, multiplier: int = 4, stem_multiplier: int = 3,
-                 primitives: Sequence[str] | None = None):
+                 primitives: Sequence[str] | None = None, memory: str = "low"):
         super().__init__()
+        self.memory = check_memory(memory)
         if steps != STEPS:
             raise ValueError(f"steps: the DARTS space has {STEPS} nodes per cell; got {steps}")
         if layers < 3:
@@ -191,7 +183,8 @@ class DartsSupernet(nn.Module):
             if reduction:
                 C_curr *= 2
             cell = Cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction,
-                        reduction_prev, reduce_ops if reduction else normal_ops)
+                        reduction_prev, reduce_ops if reduction else normal_ops,
+                        memory=memory)
             self.cells.append(cell)
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, multiplier * C_curr

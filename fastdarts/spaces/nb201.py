@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..genotypes import NB201Genotype, derive_nb201_genotype
+from ..mixed import FusedMixedOp, check_memory
 from ..ops.nb201 import OPS, PRIMITIVES, ResNetBasicblock
+from ..recompute import recompute
 
 __all__ = ["NB201MixedOp", "NB201SearchCell", "NB201Supernet", "edge_keys"]
 
@@ -23,37 +25,41 @@ def edge_keys(max_nodes: int = 4) -> list[str]:
     return sorted(f"{i}<-{j}" for i in range(1, max_nodes) for j in range(i))
 
 
-class NB201MixedOp(nn.Module):
+class NB201MixedOp(FusedMixedOp):
     """One NB201 edge: `sum_k w_k * op_k(x)`; `weights` already normalised by the caller."""
 
     def __init__(self, C_in: int, C_out: int, stride: int, primitives: Sequence[str],
-                 affine: bool, track_running_stats: bool):
-        super().__init__()
-        self.primitives = tuple(primitives)
-        self._ops = nn.ModuleList()
-        for name in self.primitives:
+                 affine: bool, track_running_stats: bool, memory: str = "low"):
+        ops = nn.ModuleList()
+        for name in primitives:
             if name not in OPS:
                 raise ValueError(f"primitives: unknown op {name!r}; known: {sorted(OPS)}")
-            self._ops.append(OPS[name](C_in, C_out, stride, affine, track_running_stats))
-
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return sum(w * op(x) for w, op in zip(weights, self._ops))
+            ops.append(OPS[name](C_in, C_out, stride, affine, track_running_stats))
+        super().__init__(ops, memory)
+        self.primitives = tuple(primitives)
 
 
 class NB201SearchCell(nn.Module):
     """Node i = sum_{j<i} edge(i<-j)(node j); the output is the last node."""
 
     def __init__(self, C: int, max_nodes: int, primitives: Sequence[str], affine: bool,
-                 track_running_stats: bool):
+                 track_running_stats: bool, memory: str = "low"):
         super().__init__()
         self.max_nodes = max_nodes
+        self.memory = check_memory(memory)
         self.edges = nn.ModuleDict()
         for key in edge_keys(max_nodes):
-            self.edges[key] = NB201MixedOp(C, C, 1, primitives, affine, track_running_stats)
+            self.edges[key] = NB201MixedOp(C, C, 1, primitives, affine, track_running_stats,
+                                           memory)
         self.edge_keys = edge_keys(max_nodes)
         self.edge2index = {key: i for i, key in enumerate(self.edge_keys)}
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        if self.memory == "low":
+            return recompute(self, self._forward, x, weights)
+        return self._forward(x, weights)
+
+    def _forward(self, x, weights):
         nodes = [x]
         for i in range(1, self.max_nodes):
             terms = []
@@ -76,12 +82,14 @@ class NB201Supernet(nn.Module):
         primitives: op list (the 5 NB201 ops by default).
         affine, track_running_stats: BN settings of the search cells (False, True as in
             xautodl's DARTS scripts with BN=1, DrNAS and SDARTS).
+        memory: `low`, `fast` or `reference`, as for the DARTS supernet.
     """
 
     def __init__(self, C: int = 16, N: int = 5, num_classes: int = 10, in_channels: int = 3,
                  max_nodes: int = 4, primitives: Sequence[str] = PRIMITIVES,
-                 affine: bool = False, track_running_stats: bool = True):
+                 affine: bool = False, track_running_stats: bool = True, memory: str = "low"):
         super().__init__()
+        self.memory = check_memory(memory)
         self.primitives = tuple(primitives)
         self.max_nodes = max_nodes
         self.stem = nn.Sequential(
@@ -97,7 +105,7 @@ class NB201Supernet(nn.Module):
                 cell = ResNetBasicblock(C_prev, C_curr, 2)
             else:
                 cell = NB201SearchCell(C_curr, max_nodes, self.primitives, affine,
-                                       track_running_stats)
+                                       track_running_stats, memory)
             self.cells.append(cell)
             C_prev = C_curr
         self.lastact = nn.Sequential(nn.BatchNorm2d(C_prev), nn.ReLU(inplace=True))

@@ -1,0 +1,156 @@
+"""Measure one supernet step in this process: bytes autograd keeps per image, peak memory over
+the whole step (forward + backward) and the step time. Prints one JSON line.
+
+    python benchmarks/memory_probe.py --space darts --mode low --batch 8 [--device cuda]
+
+CPU peak: the resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs) minus
+the resident set before the step; run with MALLOC_MMAP_THRESHOLD_ fixed (bench_mixed_op.py
+does) so freed activations go back to the OS and the peak is not hidden by reuse.
+GPU peak: torch.cuda.max_memory_allocated minus the allocation before the step.
+Modes: reference | checkpoint (torch.utils.checkpoint on every cell) | fast | low.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint as tcp
+
+from fastdarts.spaces import build_supernet
+
+MODES = ("reference", "checkpoint", "fast", "low")
+
+
+def build(space: str, mode: str, C: int, layers: int | None, device, channels_last: bool,
+          seed: int = 0, stem: str = "cifar", num_classes: int = 10):
+    torch.manual_seed(seed)
+    memory = "reference" if mode in ("reference", "checkpoint") else mode
+    model = build_supernet(space, num_classes, C=C, layers=layers, memory=memory,
+                           stem=stem).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if mode == "checkpoint":
+        for cell in model.cells:
+            cell.forward = _checkpointed(cell)
+    return model
+
+
+def _checkpointed(cell):
+    plain = cell.forward
+
+    def forward(*args):
+        return tcp.checkpoint(plain, *args, use_reentrant=False)
+    return forward
+
+
+def step(model, x, y):
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    return loss
+
+
+def saved_bytes(model, x, y) -> int:
+    """Unique storages autograd keeps for backward during one forward (DESIGN.md §2)."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        if isinstance(t, torch.Tensor) and t.device.type != "meta":
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = F.cross_entropy(model(x), y)
+    del loss
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return sum(n for ptr, n in seen.items() if ptr not in params)
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_bytes(model, x, y, device) -> int:
+    model.zero_grad(set_to_none=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step(model, x, y)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    base = _rss_kib("VmRSS")
+    step(model, x, y)
+    return (_rss_kib("VmHWM") - base) * 1024
+
+
+def measure(space, mode, batch, size, C, layers, device, channels_last, repeats, stem,
+            num_classes):
+    device = torch.device(device)
+    model = build(space, mode, C, layers, device, channels_last, stem=stem,
+                  num_classes=num_classes)
+    g = torch.Generator().manual_seed(1)
+    in_ch = 3
+    x = torch.randn(batch, in_ch, size, size, generator=g).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, num_classes, (batch,), generator=g).to(device)
+    step(model, x, y)  # warm-up: allocates .grad, caches, autotuning
+    step(model, x, y)
+    peak = peak_bytes(model, x, y, device)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step(model, x, y)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    saved = saved_bytes(model, x, y)
+    nbt = sum(int(m.num_batches_tracked) for m in model.modules()
+              if isinstance(m, torch.nn.BatchNorm2d) and m.num_batches_tracked is not None)
+    bns = sum(1 for m in model.modules()
+              if isinstance(m, torch.nn.BatchNorm2d) and m.num_batches_tracked is not None)
+    return {
+        "space": space, "mode": mode, "batch": batch, "size": size, "C": C, "layers": layers,
+        "device": str(device), "channels_last": channels_last,
+        "saved_bytes_per_image": saved / batch, "peak_bytes": peak,
+        "step_s_median": sorted(times)[len(times) // 2], "step_s_all": times,
+        # steps run so far: 2 warm-up + peak + repeats (+0: the saved-bytes pass is forward
+        # only but updates BN statistics once more)
+        "bn_batches_tracked_per_bn": nbt / max(bns, 1),
+        "steps_run": 3 + repeats + 1,
+    }
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--space", default="darts")
+    ap.add_argument("--mode", choices=MODES, default="low")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--C", type=int, default=16)
+    ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("--stem", default="cifar")
+    ap.add_argument("--num-classes", type=int, default=10)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-channels-last", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args(argv)
+    print(json.dumps(measure(a.space, a.mode, a.batch, a.size, a.C, a.layers, a.device,
+                             not a.no_channels_last, a.repeats, a.stem, a.num_classes)))
+
+
+if __name__ == "__main__":
+    main()

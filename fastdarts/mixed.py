@@ -1,0 +1,510 @@
+"""The fused mixed op: `out = sum_k w_k * tail_k(body_k(x))` with the BN tails folded in.
+
+Each candidate op of an edge is split into a *body* and a *tail* (its final BatchNorm, or
+nothing) by `plan_ops`, which reads an existing `_ops` ModuleList; no module is replaced, so
+parameters, buffers and `state_dict` keys stay as they were. The tails, the weighted sum and
+their backward (per-channel sums of `g` and `g * xhat`, `dw_k`, `dz_k`) run in the kernels of
+`fastdarts.backends`. Memory modes (DESIGN.md §3):
+
+* ``low``: the forward runs the bodies without a graph, one op at a time, and keeps only
+  `x`, the weights and the BN statistics; the backward recomputes one body at a time.
+  Inside a cell recomputed by `fastdarts.recompute` the edge runs as ``fast`` (the cell
+  already keeps nothing).
+* ``fast``: the bodies keep their graph, the Function keeps each op's pre-BN output `z_k`
+  (one activation instead of the reference's BN input, BN output and product input), and the
+  leading ReLU of the conv ops is computed once per edge.
+* ``reference``: the original `sum(w * op(x) for ...)`.
+
+Mixing weights are taken as given (softmax, Dirichlet sample, projected point, exact zeros):
+never normalised here. Nothing here synchronises with the host.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .backends import select_backend
+from .ops.darts import OPS, POOL_OPS, PRIMITIVES
+from .recompute import frozen_bn_stats, is_recomputing, module_uses_rng, RngState
+
+__all__ = ["MixedOp", "FusedMixedOp", "OpPlan", "plan_ops", "MEMORY_MODES", "mixed_forward"]
+
+MEMORY_MODES = ("low", "fast", "reference")
+
+
+# --------------------------------------------------------------------------------------
+# Planning: recognise each op's body and tail from the modules.
+
+@dataclass
+class OpPlan:
+    """How the fused edge runs op `index` of an `_ops` list.
+
+    kind: ``zero`` (skipped), ``identity`` (`w * x`), ``body`` (`tail(body(x))`).
+    relu_first: the body starts with a ReLU that the edge computes once and shares;
+    `rest` then maps `relu(x)` to `z`. tail: the op's final BatchNorm or None.
+    fused: False for an op we did not recognise, which runs whole as its own body.
+    """
+    index: int
+    kind: str
+    module: nn.Module
+    body: Optional[Callable] = None
+    rest: Optional[Callable] = None
+    relu_first: bool = False
+    tail: Optional[_BatchNorm] = None
+    uses_rng: bool = False
+    fused: bool = True
+    label: str = ""
+
+
+def _chain(mods: Sequence[nn.Module]) -> Callable:
+    mods = tuple(mods)
+
+    def run(x):
+        for m in mods:
+            x = m(x)
+        return x
+    return run
+
+
+def _factorized_reduce_body(m: nn.Module) -> Callable:
+    """DARTS FactorizedReduce without its ReLU and BN: maps relu(x) to the concat."""
+    def rest(r):
+        if r.shape[-1] % 2 or r.shape[-2] % 2:
+            raise ValueError(
+                f"FactorizedReduce needs an even spatial size; got {tuple(r.shape[-2:])}")
+        return torch.cat([m.conv_1(r), m.conv_2(r[:, :, 1:, 1:])], dim=1)
+    return rest
+
+
+def _sequence_plan(index, module, seq: Sequence[nn.Module], label) -> OpPlan:
+    seq = list(seq)
+    tail = seq.pop() if seq and isinstance(seq[-1], nn.BatchNorm2d) else None
+    relu_first = bool(seq) and isinstance(seq[0], nn.ReLU)
+    return OpPlan(index, "body", module, body=_chain(seq),
+                  rest=_chain(seq[1:]) if relu_first else None, relu_first=relu_first,
+                  tail=tail, uses_rng=module_uses_rng(module), label=label)
+
+
+def plan_op(index: int, module: nn.Module) -> OpPlan:
+    """Recognise one candidate op (see the module docstring)."""
+    name = type(module).__name__
+    label = f"_ops.{index} ({name})"
+    if name == "Zero":
+        return OpPlan(index, "zero", module, label=label)
+    if isinstance(module, nn.Identity) or name == "Identity":
+        return OpPlan(index, "identity", module, label=label)
+    if isinstance(module, nn.Sequential):
+        return _sequence_plan(index, module, list(module), label)
+    children = dict(module.named_children())
+    # ReLUConvBN / DilConv / SepConv: a wrapper whose forward is `self.op(x)`.
+    if (name in ("ReLUConvBN", "DilConv", "SepConv") and set(children) == {"op"}
+            and isinstance(children["op"], nn.Sequential)):
+        return _sequence_plan(index, module, list(children["op"]), label)
+    # DARTS FactorizedReduce: relu, conv_1, conv_2, bn.
+    if (name == "FactorizedReduce" and set(children) == {"relu", "conv_1", "conv_2", "bn"}
+            and isinstance(children["bn"], nn.BatchNorm2d)):
+        rest = _factorized_reduce_body(module)
+        return OpPlan(index, "body", module, body=lambda x: rest(F.relu(x)), rest=rest,
+                      relu_first=True, tail=module.bn, label=label)
+    # Anything else runs whole (no tail folded), still inside the fused sum and recompute.
+    return OpPlan(index, "body", module, body=module, uses_rng=module_uses_rng(module),
+                  fused=False, label=label)
+
+
+def plan_ops(ops: nn.ModuleList) -> list[OpPlan]:
+    return [plan_op(k, m) for k, m in enumerate(ops)]
+
+
+def _plans_of(owner: nn.Module) -> list[OpPlan]:
+    """Cached plans of `owner._ops`, rebuilt if the op modules changed (replicas, edits)."""
+    key = tuple(id(m) for m in owner._ops)
+    cached = owner.__dict__.get("_fastdarts_plans")
+    if cached is None or cached[0] != key:
+        cached = (key, plan_ops(owner._ops))
+        owner.__dict__["_fastdarts_plans"] = cached
+    return cached[1]
+
+
+# --------------------------------------------------------------------------------------
+# Shared pieces of the three paths.
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _format_of(x: torch.Tensor):
+    if x.is_contiguous():
+        return torch.contiguous_format
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _as(t: torch.Tensor, fmt) -> torch.Tensor:
+    return t if t.is_contiguous(memory_format=fmt) else t.contiguous(memory_format=fmt)
+
+
+def _vec(t: Optional[torch.Tensor], dtype) -> Optional[torch.Tensor]:
+    return None if t is None else t.detach().to(dtype).contiguous()
+
+
+@dataclass
+class TailStats:
+    mean: torch.Tensor
+    rstd: torch.Tensor
+    batch: bool          # normalised with batch statistics (train mode or untracked)
+
+
+def _tail_stats(be, bn: _BatchNorm, z: torch.Tensor, acc) -> TailStats:
+    """Statistics the BN tail normalises with; updates running statistics like nn.BatchNorm2d
+    (not while a recompute has frozen them: `track_running_stats` is then off)."""
+    use_batch = bn.training or bn.running_mean is None
+    if not use_batch:
+        return TailStats(bn.running_mean.to(acc), torch.rsqrt(bn.running_var.to(acc) + bn.eps),
+                         False)
+    mean, var, rstd = be.bn_stats(z, bn.eps)
+    if bn.training and bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            count = z.numel() // z.shape[1]
+            unbiased = var * (count / max(count - 1, 1))
+            if bn.momentum is None:  # cumulative average, kept on the device
+                f = 1.0 / bn.num_batches_tracked.to(acc)
+                bn.running_mean.mul_(1 - f).add_((mean * f).to(bn.running_mean.dtype))
+                bn.running_var.mul_(1 - f).add_((unbiased * f).to(bn.running_var.dtype))
+            else:
+                m = bn.momentum
+                bn.running_mean.mul_(1 - m).add_(mean.to(bn.running_mean.dtype), alpha=m)
+                bn.running_var.mul_(1 - m).add_(unbiased.to(bn.running_var.dtype), alpha=m)
+    return TailStats(mean, rstd, True)
+
+
+def _affine(bn: Optional[_BatchNorm], acc):
+    if bn is None or not bn.affine:
+        return None, None
+    return _vec(bn.weight, acc), _vec(bn.bias, acc)
+
+
+class _Edge:
+    """Per-call context: the plans, the backend, layout and dtypes of one edge."""
+
+    def __init__(self, owner: nn.Module, x: torch.Tensor, backend: Optional[str]):
+        self.plans = _plans_of(owner)
+        self.K = len(self.plans)
+        self.active = [p for p in self.plans if p.kind != "zero"]
+        self.share_relu = sum(p.relu_first for p in self.active) > 0
+        self.fmt = _format_of(x)
+        self.acc = _acc_dtype(x.dtype)
+        self.be = select_backend(x, backend=backend)
+        self.uses_rng = any(p.uses_rng for p in self.active)
+        self.owner = owner
+
+    def body_output(self, p: OpPlan, x, r):
+        z = p.rest(r) if (p.relu_first and self.share_relu) else p.body(x)
+        return _as(z, self.fmt)
+
+    def accumulate(self, acc_buf, z, w, p: OpPlan, stats: Optional[TailStats]):
+        gamma, beta = _affine(p.tail, self.acc)
+        init = acc_buf is None
+        if init:
+            acc_buf = torch.empty(z.shape, device=z.device, dtype=self.acc).contiguous(
+                memory_format=self.fmt)
+        self.be.bn_accumulate(acc_buf, z, w, p.index, None if stats is None else stats.mean,
+                              None if stats is None else stats.rstd, gamma, beta, init)
+        return acc_buf
+
+    def finish(self, acc_buf, x, out_dtype):
+        if acc_buf is None:  # every op is `none`: the original returns zeros of its shape
+            zero = next(p for p in self.plans if p.kind == "zero")
+            return zero.module(x.detach())
+        return acc_buf if acc_buf.dtype == out_dtype else acc_buf.to(out_dtype)
+
+    def op_backward(self, g, z, w, p: OpPlan, stats: Optional[TailStats], need_dz: bool):
+        """-> (dz or None, dw_k (0-dim), dgamma, dbeta) for one op given g = dL/dout."""
+        g = g if g.dtype == z.dtype else g.to(z.dtype)
+        mean = None if stats is None else stats.mean
+        rstd = None if stats is None else stats.rstd
+        gamma, beta = _affine(p.tail, self.acc)
+        sum_g, sum_gx = self.be.bn_grad_reduce(g, z, mean, rstd)
+        dw = (sum_gx * gamma).sum() if gamma is not None else sum_gx.sum()
+        dgamma = dbeta = None
+        if beta is not None:
+            dw = dw + (sum_g * beta).sum()
+            dgamma, dbeta = w[p.index] * sum_gx, w[p.index] * sum_g
+        dz = None
+        if need_dz:
+            dz = self.be.bn_grad_input(g, z, w, p.index, mean, rstd, gamma, sum_g, sum_gx,
+                                       stats is not None and stats.batch)
+        return dz, dw, dgamma, dbeta
+
+
+def _check_inputs(owner, x, weights):
+    fn = f"{type(owner).__name__}.forward"
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(f"{fn}: argument 'x' must be a 4-D floating tensor (N, C, H, W); got "
+                         f"{getattr(x, 'shape', type(x))} {getattr(x, 'dtype', '')}")
+    K = len(owner._ops)
+    if not isinstance(weights, torch.Tensor) or weights.shape != (K,):
+        raise ValueError(f"{fn}: argument 'weights' must be a 1-D tensor of {K} mixing weights "
+                         f"(one per op); got {getattr(weights, 'shape', type(weights))}")
+    if not weights.is_floating_point():
+        raise ValueError(f"{fn}: argument 'weights' must be floating point; got "
+                         f"{weights.dtype}")
+
+
+def _weights_acc(weights, x, acc):
+    return weights.detach().to(device=x.device, dtype=acc, non_blocking=True).contiguous()
+
+
+def _forward_nograd(edge: _Edge, x, w_acc, keep_stats: bool):
+    """Run the edge without a graph, one op at a time. -> (out, stats per op, out dtype)."""
+    x = _as(x, edge.fmt)
+    r = F.relu(x) if edge.share_relu else None
+    acc_buf, stats, dtypes = None, [None] * edge.K, [x.dtype]
+    for p in edge.active:
+        if p.kind == "identity":
+            z, st = x, None
+        else:
+            z = edge.body_output(p, x, r)
+            st = _tail_stats(edge.be, p.tail, z, edge.acc) if p.tail is not None else None
+            dtypes.append(z.dtype)
+        acc_buf = edge.accumulate(acc_buf, z, w_acc, p, st)
+        if keep_stats:
+            stats[p.index] = st
+        del z
+    out_dtype = dtypes[0]
+    for d in dtypes[1:]:
+        out_dtype = torch.promote_types(out_dtype, d)
+    return edge.finish(acc_buf, x, out_dtype), stats
+
+
+def _grads_for_weights(dws, weights, edge):
+    dW = torch.zeros(edge.K, device=weights.device if weights.device == dws[0][1].device
+                     else dws[0][1].device, dtype=edge.acc)
+    for k, dw in dws:
+        dW[k] = dw
+    return dW.to(device=weights.device, dtype=weights.dtype)
+
+
+def _op_params(p: OpPlan) -> list[nn.Parameter]:
+    return [q for q in p.module.parameters() if q.requires_grad]
+
+
+# --------------------------------------------------------------------------------------
+# memory="fast": bodies keep their graph; this Function folds tails and the sum.
+
+class _FusedTailFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, edge: _Edge, x, weights, *zs_and_affine):
+        body_plans = [p for p in edge.active if p.kind == "body"]
+        zs = zs_and_affine[:len(body_plans)]
+        w_acc = _weights_acc(weights, x, edge.acc)
+        acc_buf, stats, dtypes = None, [None] * edge.K, [x.dtype]
+        zi = iter(zs)
+        for p in edge.active:
+            if p.kind == "identity":
+                z, st = x, None
+            else:
+                z = next(zi)
+                st = _tail_stats(edge.be, p.tail, z, edge.acc) if p.tail is not None else None
+                dtypes.append(z.dtype)
+            acc_buf = edge.accumulate(acc_buf, z, w_acc, p, st)
+            stats[p.index] = st
+        out_dtype = dtypes[0]
+        for d in dtypes[1:]:
+            out_dtype = torch.promote_types(out_dtype, d)
+        ctx.edge, ctx.stats, ctx.n_z = edge, stats, len(body_plans)
+        ctx.save_for_backward(x, weights, w_acc, *zs)
+        return edge.finish(acc_buf, x, out_dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        edge, stats = ctx.edge, ctx.stats
+        x, weights, w_acc, *zs = ctx.saved_tensors
+        g = _as(g, edge.fmt)
+        dx = None
+        dzs, dws, daff = [], [], []
+        zi = iter(zs)
+        for p in edge.active:
+            if p.kind == "identity":
+                _, dw, _, _ = edge.op_backward(g, x, w_acc, p, None, need_dz=False)
+                dws.append((p.index, dw))
+                if ctx.needs_input_grad[1]:
+                    term = g * w_acc[p.index].to(g.dtype)
+                    dx = term if dx is None else dx + term
+                continue
+            z = next(zi)
+            dz, dw, dgamma, dbeta = edge.op_backward(g, z, w_acc, p, stats[p.index], True)
+            dzs.append(dz)
+            dws.append((p.index, dw))
+            if p.tail is not None and p.tail.affine:
+                daff += [dgamma.to(p.tail.weight.dtype), dbeta.to(p.tail.bias.dtype)]
+        dW = _grads_for_weights(dws, weights, edge) if ctx.needs_input_grad[2] else None
+        return (None, dx, dW, *dzs, *daff)
+
+
+def _forward_fast(edge: _Edge, x, weights):
+    x = _as(x, edge.fmt)
+    r = F.relu(x) if edge.share_relu else None
+    zs = [edge.body_output(p, x, r) for p in edge.active if p.kind == "body"]
+    affine = []
+    for p in edge.active:
+        if p.kind == "body" and p.tail is not None and p.tail.affine:
+            affine += [p.tail.weight, p.tail.bias]
+    return _FusedTailFunction.apply(edge, x, weights, *zs, *affine)
+
+
+# --------------------------------------------------------------------------------------
+# memory="low" at the edge level: keep x, the weights and the statistics; recompute.
+
+class _LowMemoryEdgeFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, edge: _Edge, x, weights, *params):
+        w_acc = _weights_acc(weights, x, edge.acc)
+        ctx.rng = RngState.capture(x.device) if edge.uses_rng else None
+        out, stats = _forward_nograd(edge, x, w_acc, keep_stats=True)
+        ctx.edge, ctx.stats, ctx.n_params = edge, stats, len(params)
+        ctx.save_for_backward(x, weights, w_acc)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        edge, stats = ctx.edge, ctx.stats
+        x, weights, w_acc = ctx.saved_tensors
+        x = _as(x, edge.fmt)
+        g = _as(g, edge.fmt)
+        params = [q for p in edge.plans for q in _op_params(p)]
+        grads = {id(q): None for q in params}
+        need_x = ctx.needs_input_grad[1]
+        dws, dx, dr = [], None, None
+        with torch.enable_grad(), frozen_bn_stats(edge.owner), RngState.restored(ctx.rng):
+            xd = x.detach().requires_grad_(need_x)
+            r = F.relu(xd) if edge.share_relu else None
+            for p in edge.active:
+                if p.kind == "identity":
+                    _, dw, _, _ = edge.op_backward(g, x, w_acc, p, None, need_dz=False)
+                    dws.append((p.index, dw))
+                    if need_x:
+                        term = g * w_acc[p.index].to(g.dtype)
+                        dx = term if dx is None else dx + term
+                    continue
+                z = edge.body_output(p, xd, r)
+                dz, dw, dgamma, dbeta = edge.op_backward(g, z.detach(), w_acc, p,
+                                                         stats[p.index], True)
+                dws.append((p.index, dw))
+                src = r if (p.relu_first and edge.share_relu) else xd
+                body_params = [q for q in _op_params(p)
+                               if p.tail is None or not any(q is t for t in
+                                                            p.tail.parameters())]
+                inputs = ([src] if src.requires_grad else []) + body_params
+                if inputs and z.requires_grad:
+                    got = torch.autograd.grad(z, inputs, dz, allow_unused=True)
+                    if src.requires_grad:
+                        d_src, got = got[0], got[1:]
+                        if d_src is not None:
+                            if src is r:
+                                dr = d_src if dr is None else dr + d_src
+                            else:
+                                dx = d_src if dx is None else dx + d_src
+                    for q, gq in zip(body_params, got):
+                        if gq is not None:
+                            grads[id(q)] = gq if grads[id(q)] is None else grads[id(q)] + gq
+                if p.tail is not None and p.tail.affine:
+                    for q, gq in ((p.tail.weight, dgamma), (p.tail.bias, dbeta)):
+                        if q.requires_grad:
+                            grads[id(q)] = gq.to(q.dtype)
+                del z, dz
+            if dr is not None:
+                (d_relu,) = torch.autograd.grad(r, xd, dr)
+                dx = d_relu if dx is None else dx + d_relu
+        dW = _grads_for_weights(dws, weights, edge) if ctx.needs_input_grad[2] else None
+        return (None, dx, dW, *[grads[id(q)] for q in params])
+
+
+def mixed_forward(owner: nn.Module, x: torch.Tensor, weights: torch.Tensor,
+                  memory: str = "low", backend: Optional[str] = None) -> torch.Tensor:
+    """The fused forward of any module with an `_ops` ModuleList (ours or patched)."""
+    if memory == "reference":
+        return sum(w * op(x) for w, op in zip(weights, owner._ops))
+    _check_inputs(owner, x, weights)
+    edge = _Edge(owner, x, backend)
+    params = [q for p in edge.plans for q in _op_params(p)]
+    wants_grad = torch.is_grad_enabled() and (
+        x.requires_grad or weights.requires_grad or bool(params))
+    if not wants_grad:
+        with torch.no_grad():
+            return _forward_nograd(edge, x, _weights_acc(weights, x, edge.acc), False)[0]
+    if memory == "fast" or is_recomputing():
+        return _forward_fast(edge, x, weights)
+    if memory == "low":
+        return _LowMemoryEdgeFunction.apply(edge, x, weights, *params)
+    raise ValueError(f"memory must be one of {list(MEMORY_MODES)}; got {memory!r}")
+
+
+# --------------------------------------------------------------------------------------
+# Modules.
+
+def check_memory(memory: str) -> str:
+    if memory not in MEMORY_MODES:
+        raise ValueError(f"memory must be one of {list(MEMORY_MODES)}; got {memory!r}")
+    return memory
+
+
+class FusedMixedOp(nn.Module):
+    """An edge over an `_ops` ModuleList, run by the fused kernels in `memory` mode."""
+
+    def __init__(self, ops: nn.ModuleList, memory: str = "low", backend: Optional[str] = None):
+        super().__init__()
+        self._ops = ops
+        self.memory = check_memory(memory)
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return mixed_forward(self, x, weights, self.memory, self.backend)
+
+    def fusion_report(self) -> list[str]:
+        """One line per op: how the fused edge runs it."""
+        out = []
+        for p in _plans_of(self):
+            how = {"zero": "skipped", "identity": "w * x"}.get(p.kind)
+            if how is None:
+                how = ("body + folded " + type(p.tail).__name__ if p.tail is not None
+                       else "body, no tail") + ("" if p.fused else " (not recognised: run whole)")
+            out.append(f"{p.label}: {how}")
+        return out
+
+
+class MixedOp(FusedMixedOp):
+    """A DARTS-space edge, `forward(x, weights)` exactly like the original DARTS MixedOp.
+
+    Args:
+        C: channels. stride: 1, or 2 on reduction edges.
+        primitives: op names (the 8 DARTS ops by default; any of `fastdarts.ops.darts.OPS`).
+        memory: ``low`` (default), ``fast`` or ``reference`` (see the module docstring).
+        affine: BN affine parameters of the ops (False in search, True for RF-DARTS).
+        backend: kernel backend (None: `FASTDARTS_BACKEND` or auto).
+
+    Pools are followed by an affine-free BatchNorm as in the original, so `state_dict` keys
+    are the original's (`_ops.<k>....`).
+    """
+
+    def __init__(self, C: int, stride: int, primitives: Optional[Sequence[str]] = None,
+                 memory: str = "low", affine: bool = False, backend: Optional[str] = None):
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2; got {stride}")
+        primitives = tuple(PRIMITIVES if primitives is None else primitives)
+        ops = nn.ModuleList()
+        for name in primitives:
+            if name not in OPS:
+                raise ValueError(f"primitives: unknown op {name!r}; known: {sorted(OPS)}")
+            op = OPS[name](C, stride, affine)
+            if name in POOL_OPS:
+                op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+            ops.append(op)
+        super().__init__(ops, memory, backend)
+        self.primitives = primitives

@@ -1,0 +1,78 @@
+"""Plain-PyTorch references of the fused mixed-op kernels (formulas in csrc/mixed_op.h).
+
+`mixed_op_ref` is the whole edge as the original DARTS code computes it; the `bn_*_ref`
+functions are the per-op kernel primitives, with the same signatures as the backends'. They
+compute in the accumulation dtype (fp32, fp64 for fp64) and are what the tests trust.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["mixed_op_ref", "bn_stats_ref", "bn_accumulate_ref", "bn_grad_reduce_ref",
+           "bn_grad_input_ref", "acc_dtype"]
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _c(v: torch.Tensor) -> torch.Tensor:
+    return v[None, :, None, None]
+
+
+def mixed_op_ref(x: torch.Tensor, weights: torch.Tensor, ops: Sequence[nn.Module]):
+    """The original DARTS edge: `sum_k w_k * op_k(x)`."""
+    return sum(w * op(x) for w, op in zip(weights, ops))
+
+
+def bn_stats_ref(z: torch.Tensor, eps: float):
+    zf = z.to(acc_dtype(z.dtype))
+    mean = zf.mean(dim=(0, 2, 3))
+    var = (zf - _c(mean)).square().mean(dim=(0, 2, 3))
+    return mean, var, torch.rsqrt(var + eps)
+
+
+def _xhat(z, mean, rstd):
+    zf = z.to(acc_dtype(z.dtype))
+    return zf if mean is None else (zf - _c(mean)) * _c(rstd)
+
+
+def bn_accumulate_ref(acc, z, w, k, mean, rstd, gamma, beta, init):
+    val = _xhat(z, mean, rstd)
+    if gamma is not None:
+        val = val * _c(gamma)
+    if beta is not None:
+        val = val + _c(beta)
+    val = w[k] * val
+    if init:
+        acc.copy_(val)
+    else:
+        acc.add_(val)
+
+
+def bn_grad_reduce_ref(g, z, mean, rstd):
+    gf = g.to(acc_dtype(g.dtype))
+    return gf.sum(dim=(0, 2, 3)), (gf * _xhat(z, mean, rstd)).sum(dim=(0, 2, 3))
+
+
+def bn_grad_input_ref(g, z, w, k, mean, rstd, gamma, sum_g, sum_gx, batch_stats):
+    gf = g.to(acc_dtype(g.dtype))
+    a = w[k].expand(g.shape[1])
+    if gamma is not None:
+        a = a * gamma
+    if rstd is not None:
+        a = a * rstd
+    dz = _c(a) * gf
+    if batch_stats and mean is not None:
+        count = g.numel() // g.shape[1]
+        dz = dz - _c(a) * (_c(sum_g) + _xhat(z, mean, rstd) * _c(sum_gx)) / count
+    return dz.to(g.dtype).contiguous(memory_format=_format_of(z))
+
+
+def _format_of(t: torch.Tensor):
+    if t.is_contiguous():
+        return torch.contiguous_format
+    return torch.channels_last
