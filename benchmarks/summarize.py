@@ -22,7 +22,11 @@ def summarize(path: str) -> str:
              "| group | backend | median (us) | p20-p80 (us) | speed-up vs reference | GB/s | "
              "peak MiB | energy mJ/call |",
              "|---|---|---|---|---|---|---|---|"]
+    step_groups = {g: r for g, r in groups.items()
+                   if r[0]["extra_info"].get("kind") == "supernet_step"}
     for group in sorted(groups):
+        if group in step_groups:
+            continue
         rows = groups[group]
         ref = next((b for b in rows if b["extra_info"].get("backend") == "reference"), None)
         for b in sorted(rows, key=lambda b: b["extra_info"]["median_s"]):
@@ -34,6 +38,23 @@ def summarize(path: str) -> str:
                 f"{e['p20_s'] * 1e6:.1f}-{e['p80_s'] * 1e6:.1f} | {speedup:.2f}x | "
                 f"{e['GB_per_s']:.1f} | {e.get('peak_MiB', float('nan')):.1f} | "
                 f"{'' if energy is None else f'{energy:.2f}'} |")
+    if step_groups:
+        lines += ["", "| supernet | mode | batch | step (s) | time vs reference | saved MiB/image | "
+                  "saved vs reference | peak MiB | peak vs reference | BN updates/BN | "
+                  "energy mJ/step |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for group in sorted(step_groups):
+            rows = step_groups[group]
+            ref = next(b["extra_info"] for b in rows if b["extra_info"]["mode"] == "reference")
+            for b in rows:
+                e = b["extra_info"]
+                energy = e.get("energy_mJ_per_step")
+                lines.append(
+                    f"| {e['space']} | {e['mode']} | {e['batch']} | {e['median_s']:.3f} | "
+                    f"{e['median_s'] / ref['median_s']:.2f}x | {e['saved_MiB_per_image']:.2f} | "
+                    f"1/{ref['saved_MiB_per_image'] / e['saved_MiB_per_image']:.1f} | "
+                    f"{e['peak_MiB']:.1f} | 1/{ref['peak_MiB'] / max(e['peak_MiB'], 1e-9):.1f} | "
+                    f"{e['bn_batches_tracked_per_bn']:.2f} (of {e['probe_steps']} steps) | "
+                    f"{'' if energy is None else f'{energy:.0f}'} |")
     return "\n".join(lines) + "\n"
 
 

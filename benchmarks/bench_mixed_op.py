@@ -1,0 +1,86 @@
+"""Supernet step with the fused mixed op: reference / torch.utils.checkpoint on every cell /
+fast / low, in one run, for the DARTS CIFAR supernet (C=16, L=8) and NB201 (C=16, N=5).
+
+Per row: the step time (forward + backward, pytest-benchmark), and from a fresh process
+(`memory_probe.py`, so one row's allocations do not hide another's) the bytes autograd keeps
+per image, the peak memory over the whole step and the BN `num_batches_tracked` per BN after
+the probe's steps (checkpoint updates statistics twice per step). On a GPU also NVML energy.
+
+    python -m pytest benchmarks/bench_mixed_op.py --benchmark-json=benchmarks/results/X.json
+    python benchmarks/summarize.py benchmarks/results/X.json
+
+Shapes: FASTDARTS_BENCH_BATCH (default 8 on the CPU, 64 on a GPU), 32x32 images.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.memory_probe import MODES, build, step
+
+ROOT = Path(__file__).resolve().parents[1]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+BATCH = int(os.environ.get("FASTDARTS_BENCH_BATCH", "64" if DEVICE == "cuda" else "8"))
+SUPERNETS = {"darts": dict(C=16, layers=8), "nb201": dict(C=16, layers=5)}
+
+
+def _probe(space, mode):
+    cfg = SUPERNETS[space]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "memory_probe.py"), "--space", space,
+           "--mode", mode, "--batch", str(BATCH), "--C", str(cfg["C"]), "--layers",
+           str(cfg["layers"]), "--device", DEVICE, "--repeats", "1"]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONPATH=str(ROOT))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _energy_mj(fn, calls=5):
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        torch.cuda.synchronize()
+        start = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+        power = []
+        for _ in range(calls):
+            fn()
+            power.append(pynvml.nvmlDeviceGetPowerUsage(handle) / 1000)
+        torch.cuda.synchronize()
+        return (pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) - start) / calls, \
+            sum(power) / len(power)
+    except Exception:  # NVML absent: leave the fields out rather than guess
+        return None, None
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("space", list(SUPERNETS))
+def test_supernet_step(benchmark, space, mode):
+    cfg = SUPERNETS[space]
+    model = build(space, mode, cfg["C"], cfg["layers"], torch.device(DEVICE), True)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(BATCH, 3, 32, 32, generator=g).to(DEVICE).contiguous(
+        memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (BATCH,), generator=g).to(DEVICE)
+
+    def run():
+        step(model, x, y)
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+
+    benchmark.group = f"{space} step"
+    benchmark.pedantic(run, rounds=3, warmup_rounds=1, iterations=1)
+    stats = benchmark.stats.stats
+    probe = _probe(space, mode)
+    info = benchmark.extra_info
+    info.update(kind="supernet_step", space=space, mode=mode, batch=BATCH, device=DEVICE,
+                median_s=stats.median,
+                saved_MiB_per_image=probe["saved_bytes_per_image"] / 2**20,
+                peak_MiB=probe["peak_bytes"] / 2**20,
+                bn_batches_tracked_per_bn=probe["bn_batches_tracked_per_bn"],
+                probe_steps=probe["steps_run"])
+    if DEVICE == "cuda":
+        info["energy_mJ_per_step"], info["power_W"] = _energy_mj(run)

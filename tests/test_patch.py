@@ -1,0 +1,89 @@
+"""`fastdarts.patch` on a DARTS-style model written independently (tests/darts_style_model.py):
+same loss and gradients (weights and unregistered alphas) as before patching, state_dict keys
+unchanged, unknown ops run whole, a mixed op that is not a plain weighted sum is caught."""
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastdarts import patch, unpatch
+from tests import darts_style_model as dsm
+
+
+def _model(prims=dsm.PRIMS, seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    return dsm.Network(C=4, num_classes=5, layers=3, steps=2, multiplier=2,
+                       prims=prims).to(dtype)
+
+
+def _step(model, x, y):
+    loss = F.cross_entropy(model(x), y)
+    params = list(model.parameters()) + [model.alphas_normal, model.alphas_reduce]
+    return loss, torch.autograd.grad(loss, params)
+
+
+def _same_alphas(dst, src):
+    dst.alphas_normal = src.alphas_normal.detach().clone().requires_grad_()
+    dst.alphas_reduce = src.alphas_reduce.detach().clone().requires_grad_()
+
+
+@pytest.mark.parametrize("memory", ["low", "fast"])
+@pytest.mark.parametrize("prims", [dsm.PRIMS, dsm.PRIMS[1:] + ["shifted_tanh"]],
+                         ids=["darts", "no-none+unknown-op"])
+def test_patch_keeps_loss_and_gradients(memory, prims):
+    model = _model(prims)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    y = torch.tensor([1, 4])
+    before = copy.deepcopy(model)
+    _same_alphas(before, model)
+    keys = list(model.state_dict())
+    report = patch(model, memory=memory)
+    assert len(report.mixed_ops) == 3 * 5 and not report.problems
+    assert len(report.cells) == (3 if memory == "low" else 0)
+    if "shifted_tanh" in prims:
+        assert report.unfused_ops and all("Shifted" in n for n in report.unfused_ops)
+    assert list(model.state_dict()) == keys
+    for _ in range(2):  # first call verifies; the second runs fused only
+        loss_a, grads_a = _step(before, x, y)
+        loss_b, grads_b = _step(model, x, y)
+        assert torch.allclose(loss_a, loss_b, rtol=1e-12)
+        for a, b in zip(grads_a, grads_b):
+            assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+    for (name, a), b in zip(model.state_dict().items(), before.state_dict().values()):
+        assert torch.allclose(a.double(), b.double(), rtol=1e-12, atol=1e-14), name
+
+
+def test_patch_catches_a_mixed_op_that_is_not_a_plain_sum():
+    class DoubledMixedOp(dsm.MixedOp):
+        def forward(self, x, weights):
+            return 2 * sum(w * op(x) for w, op in zip(weights, self._ops))
+
+    model = _model()
+    model.cells[0]._ops[0].__class__ = DoubledMixedOp
+    reference = copy.deepcopy(model)
+    _same_alphas(reference, model)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    y = torch.tensor([0, 2])
+    report = patch(model, memory="low")
+    with pytest.warns(RuntimeWarning, match=r"cells\.0\._ops\.0 \(DoubledMixedOp\)"):
+        loss_b, _ = _step(model, x, y)
+    loss_a, _ = _step(reference, x, y)
+    assert torch.allclose(loss_a, loss_b, rtol=1e-12)
+    assert any("DoubledMixedOp" in p for p in report.problems)
+
+
+def test_unpatch_restores_original_forwards():
+    model = _model()
+    patch(model)
+    unpatch(model)
+    assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+def test_patch_reports_partial_channel_ops():
+    model = _model()
+    model.cells[1]._ops[2].mp = torch.nn.MaxPool2d(2, 2)  # the PC-DARTS marker
+    with warnings.catch_warnings(record=True):
+        report = patch(model)
+    assert any("partial-channel" in p and "cells.1._ops.2" in p for p in report.problems)

@@ -1,0 +1,114 @@
+"""A whole supernet step (loss, every weight and alpha gradient, BN buffers) is the same in
+the reference, fast and low modes, for every space; recompute updates BN statistics once
+(torch.utils.checkpoint updates them twice) and replays random ops."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint as tcp
+
+from fastdarts import recompute
+from fastdarts.spaces import build_supernet
+
+
+def _set_memory(model, mode):
+    for m in model.modules():
+        if hasattr(m, "memory"):
+            m.memory = mode
+
+
+def _step(model, x, y):
+    torch.manual_seed(11)  # S4's noise op
+    loss = F.cross_entropy(model(x), y)
+    params = list(model.parameters())
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+    return loss, grads, [b.detach().clone() for b in model.buffers()]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("space", ["darts", "s1", "s2", "s3", "s4", "nb201"])
+def test_step_equal_in_all_modes(space, dtype):
+    torch.manual_seed(0)
+    ref = build_supernet(space, 5, C=4, layers=3 if space != "nb201" else 1,
+                         memory="reference").to(dtype)
+    x = torch.randn(2, 3, 8, 8, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    y = torch.tensor([1, 3])
+    want = _step(copy.deepcopy(ref), x, y)
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    for mode in ("fast", "low"):
+        model = copy.deepcopy(ref)
+        _set_memory(model, mode)
+        loss, grads, bufs = _step(model, x, y)
+        assert abs(loss.item() - want[0].item()) <= tol * abs(want[0].item())
+        names = [n for n, _ in model.named_parameters()]
+        for name, a, b in zip(names, grads, want[1]):
+            err = ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+            assert err <= tol * 10, f"{mode} {name}: {err:.2e}"
+        for (name, _), a, b in zip(model.named_buffers(), bufs, want[2]):
+            assert torch.allclose(a.double(), b.double(), rtol=tol, atol=tol), f"{mode} {name}"
+
+
+def _batches_tracked(model):
+    return [int(m.num_batches_tracked) for m in model.modules()
+            if isinstance(m, torch.nn.BatchNorm2d) and m.num_batches_tracked is not None]
+
+
+def test_low_updates_bn_statistics_once_checkpoint_twice():
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 3, 8, 8), torch.tensor([0, 1])
+    low = build_supernet("darts", 5, C=4, layers=3, memory="low")
+    F.cross_entropy(low(x), y).backward()
+    assert set(_batches_tracked(low)) == {1}
+
+    ck = build_supernet("darts", 5, C=4, layers=3, memory="reference")
+    for cell in ck.cells:
+        plain = cell.forward
+        cell.forward = (lambda f: lambda *a: tcp.checkpoint(f, *a, use_reentrant=False))(plain)
+    F.cross_entropy(ck(x), y).backward()
+    cell_counts = [int(m.num_batches_tracked) for m in ck.cells.modules()
+                   if isinstance(m, torch.nn.BatchNorm2d)]
+    assert set(cell_counts) == {2}  # the measured problem this module exists to avoid
+
+
+def test_recompute_replays_random_ops_and_keeps_caller_rng():
+    lin = torch.nn.Linear(4, 4)
+
+    def noisy(x):
+        return lin(x) + torch.randn_like(x)
+
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = lin
+            self.drop = torch.nn.Dropout(0.5)  # marks the block as drawing random numbers
+
+    holder = Holder()
+    x = torch.randn(3, 4, requires_grad=True)
+    torch.manual_seed(5)
+    out = recompute(holder, noisy, x)
+    after_forward = torch.randn(1)
+    torch.manual_seed(5)
+    expected = noisy(x)
+    assert torch.equal(out, expected)
+    (gx,) = torch.autograd.grad(out.square().sum(), x)
+    (gx_ref,) = torch.autograd.grad(expected.square().sum(), x)
+    assert torch.allclose(gx, gx_ref)
+    torch.manual_seed(5)
+    noisy(x)
+    assert torch.equal(torch.randn(1), after_forward)
+
+
+def test_low_keeps_only_cell_inputs():
+    """Saved activations per image: low keeps <= 1/40 of the reference (DESIGN.md §7)."""
+    from benchmarks.memory_probe import saved_bytes
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 3, 16, 16), torch.tensor([0, 1])
+    sizes = {}
+    for mode in ("reference", "fast", "low"):
+        torch.manual_seed(0)
+        model = build_supernet("darts", 5, C=8, layers=5, memory=mode)
+        sizes[mode] = saved_bytes(model, x, y)
+    assert sizes["low"] * 40 <= sizes["reference"], sizes
+    assert sizes["fast"] < sizes["reference"], sizes
