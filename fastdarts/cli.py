@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep activations NCHW instead of channels_last")
     s.add_argument("--deterministic", action="store_true", default=None,
                    help="repeatable runs on a GPU (deterministic cuDNN algorithms)")
+    s.add_argument("--memory", choices=("low", "fast", "reference"), default=None,
+                   help="mixed-op memory mode: low (recompute cells, least memory), fast "
+                        "(fused, no recompute) or reference (plain PyTorch) [low]")
     s.add_argument("--no-progress", action="store_true", default=None,
                    help="no progress bar (epoch lines are still printed)")
     s.add_argument("--resume", action="store_true",

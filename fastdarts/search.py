@@ -72,6 +72,7 @@ class SearchConfig:
     channels_last: bool = True
     deterministic: bool = False
     progress: bool = True
+    memory: str = "low"  # mixed-op memory mode: low | fast | reference (fastdarts.mixed)
 
     def resolved(self) -> "SearchConfig":
         """A copy with every `None` filled from the data-set preset or the DARTS default."""
@@ -222,7 +223,8 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
         data = load_dataset(cfg.dataset, cfg.data_dir)
     algo = get_algorithm(cfg.algo, cfg)
     model = build_supernet(cfg.space, data.spec.num_classes, data.spec.in_channels,
-                           C=cfg.init_channels, layers=cfg.layers).to(device)
+                           C=cfg.init_channels, layers=cfg.layers,
+                           memory=cfg.memory).to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     weights_params = model.weight_parameters()
