@@ -284,8 +284,9 @@ def _forward_nograd(edge: _Edge, x, w_acc, keep_stats: bool):
 
 
 def _grads_for_weights(dws, weights, edge):
-    dW = torch.zeros(edge.K, device=weights.device if weights.device == dws[0][1].device
-                     else dws[0][1].device, dtype=edge.acc)
+    """Stack the per-op dw_k (ops that were skipped get 0) into weights' dtype and device."""
+    device = dws[0][1].device if dws else weights.device
+    dW = torch.zeros(edge.K, device=device, dtype=edge.acc)
     for k, dw in dws:
         dW[k] = dw
     return dW.to(device=weights.device, dtype=weights.dtype)

@@ -211,3 +211,15 @@ def test_fusion_report_names_each_op():
     assert "folded BatchNorm2d" in lines[1] and "folded BatchNorm2d" in lines[4]
     assert "FactorizedReduce" in lines[3] and "folded" in lines[3]
     assert "not recognised" in MixedOp(4, 1, ("noise", "sep_conv_3x3")).fusion_report()[0]
+
+
+@pytest.mark.parametrize("mode", ["fast", "low"])
+def test_edge_of_only_none_ops(mode):
+    ref = MixedOp(3, 2, ("none",), memory="reference").double()
+    fused = copy.deepcopy(ref)
+    fused.memory = mode
+    x, w = _inputs((2, 3, 6, 6), torch.float64, torch.contiguous_format, 1)
+    want, _ = _run(ref, x, w)
+    got, _ = _run(fused, x, w)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and torch.equal(a, b)
