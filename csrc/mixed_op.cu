@@ -2,24 +2,12 @@
 // storage dtype, arithmetic in float, int64 indices. Reductions: one block per (row chunk,
 // channel) writes a partial, a second kernel merges the partials of a channel in chunk
 // order (Chan's formula for the variance): bitwise repeatable, no atomics, no host sync.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
+#include "cuda_dtype.cuh"
 #include "mixed_op.cuh"
 
 namespace fastdarts {
 namespace {
 
-template <typename T> __device__ __forceinline__ float to_f(T v) { return static_cast<float>(v); }
-template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-template <typename T> __device__ __forceinline__ T from_f(float v) { return static_cast<T>(v); }
-template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 __device__ __forceinline__ float load_or(const float* p, int64_t c, float fallback) {
   return p == nullptr ? fallback : p[c];
@@ -60,13 +48,13 @@ __global__ void stats_partial_kernel(const T* __restrict__ z, Layout L, int64_t 
   const int64_t begin = q * rows_per_chunk;
   const int64_t end = begin + rows_per_chunk < rows ? begin + rows_per_chunk : rows;
   float s = 0.f;
-  for (int64_t r = begin + threadIdx.x; r < end; r += blockDim.x) s += to_f(z[L.offset(r, c)]);
+  for (int64_t r = begin + threadIdx.x; r < end; r += blockDim.x) s += to_float(z[L.offset(r, c)]);
   const float n = static_cast<float>(end > begin ? end - begin : 0);
   const float total = block_sum(s, shared);  // every thread takes part, n is block-uniform
   const float mean = n > 0 ? total / n : 0.f;
   float m2 = 0.f;
   for (int64_t r = begin + threadIdx.x; r < end; r += blockDim.x) {
-    const float d = to_f(z[L.offset(r, c)]) - mean;
+    const float d = to_float(z[L.offset(r, c)]) - mean;
     m2 += d * d;
   }
   m2 = block_sum(m2, shared);
@@ -118,9 +106,9 @@ __global__ void grad_reduce_partial_kernel(const T* __restrict__ g, const T* __r
   float sg = 0.f, sgx = 0.f;
   for (int64_t r = begin + threadIdx.x; r < end; r += blockDim.x) {
     const int64_t i = L.offset(r, c);
-    const float gv = to_f(g[i]);
+    const float gv = to_float(g[i]);
     sg += gv;
-    sgx += gv * (to_f(z[i]) - mu) * rs;
+    sgx += gv * (to_float(z[i]) - mu) * rs;
   }
   sg = block_sum(sg, shared);
   sgx = block_sum(sgx, shared);
@@ -157,7 +145,7 @@ __global__ void accumulate_kernel(const T* __restrict__ z, float* __restrict__ a
        i += step) {
     const int64_t c = L.channel(i);
     const float scale = wk * load_or(gamma, c, 1.f) * load_or(rstd, c, 1.f);
-    const float val = (to_f(z[i]) - load_or(mean, c, 0.f)) * scale + wk * load_or(beta, c, 0.f);
+    const float val = (to_float(z[i]) - load_or(mean, c, 0.f)) * scale + wk * load_or(beta, c, 0.f);
     acc[i] = init ? val : acc[i] + val;
   }
 }
@@ -178,12 +166,12 @@ __global__ void grad_input_kernel(const T* __restrict__ g, const T* __restrict__
     const int64_t c = L.channel(i);
     const float rs = load_or(rstd, c, 1.f);
     const float a = wk * load_or(gamma, c, 1.f) * rs;
-    float v = a * to_f(g[i]);
+    float v = a * to_float(g[i]);
     if (centre) {
-      const float xhat = (to_f(z[i]) - mean[c]) * rs;
+      const float xhat = (to_float(z[i]) - mean[c]) * rs;
       v -= a * (sum_g[c] + xhat * sum_gx[c]) * inv_count;
     }
-    dz[i] = from_f<T>(v);
+    dz[i] = from_float<T>(v);
   }
 }
 

@@ -1,24 +1,12 @@
 // CUDA twin of the weighted-sum kernels. Loads and stores in the storage dtype, arithmetic
 // in float. Indices are int64. The backward reduction is a per-block partial sum followed
 // by a fixed-order reduction: bitwise repeatable, no atomics, no host synchronisation.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
+#include "cuda_dtype.cuh"
 #include "weighted_sum.cuh"
 
 namespace fastdarts {
 namespace {
 
-template <typename T> __device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
-template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-template <typename T> __device__ __forceinline__ T from_float(float v) { return static_cast<T>(v); }
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 template <typename T>
 __global__ void weighted_sum_fwd_kernel(const T* __restrict__ y, const float* __restrict__ w,
