@@ -35,11 +35,12 @@ def build(space: str, mode: str, C: int, layers: int | None, device, channels_la
         model = model.to(memory_format=torch.channels_last)
     if mode == "checkpoint":
         for cell in model.cells:
-            cell.forward = _checkpointed(cell)
+            cell.forward = checkpointed(cell)
     return model
 
 
-def _checkpointed(cell):
+def checkpointed(cell):
+    """`cell` run under torch.utils.checkpoint (non-reentrant): what a user would try first."""
     plain = cell.forward
 
     def forward(*args):

@@ -215,6 +215,14 @@ struct TailCall {
     return t->data_ptr();
   }
 
+  // The BN statistics: both given, or neither (no normalisation).
+  void normalisation(const OptTensor& mean, const OptTensor& rstd) {
+    p.mean = vec(mean, "mean", p.C);
+    p.rstd = vec(rstd, "rstd", p.C);
+    FD_CHECK_ARG((p.mean == nullptr) == (p.rstd == nullptr), fn, "rstd",
+                 "must be given exactly when mean is");
+  }
+
   void weights(const at::Tensor& w, int64_t k) {
     p.w = vec(w, "w", w.dim() == 1 ? w.size(0) : -1);
     FD_CHECK_ARG(k >= 0 && k < w.size(0), fn, "k", "must index w (0 <= k < ", w.size(0),
@@ -276,10 +284,7 @@ void bn_accumulate(at::Tensor& acc, const at::Tensor& z, const at::Tensor& w, in
   TailCall call("bn_accumulate", z);
   call.p.acc = const_cast<void*>(call.activation(acc, "acc", acc_type(z)));
   call.weights(w, k);
-  call.p.mean = call.vec(mean, "mean", call.p.C);
-  call.p.rstd = call.vec(rstd, "rstd", call.p.C);
-  FD_CHECK_ARG((call.p.mean == nullptr) == (call.p.rstd == nullptr), call.fn, "rstd",
-               "must be given exactly when mean is");
+  call.normalisation(mean, rstd);
   call.p.gamma = call.vec(gamma, "gamma", call.p.C);
   call.p.beta = call.vec(beta, "beta", call.p.C);
   call.p.init = init;
@@ -290,10 +295,7 @@ std::vector<at::Tensor> bn_grad_reduce(const at::Tensor& g, const at::Tensor& z,
                                        const OptTensor& mean, const OptTensor& rstd) {
   TailCall call("bn_grad_reduce", z);
   call.p.g = call.activation(g, "g", z.scalar_type());
-  call.p.mean = call.vec(mean, "mean", call.p.C);
-  call.p.rstd = call.vec(rstd, "rstd", call.p.C);
-  FD_CHECK_ARG((call.p.mean == nullptr) == (call.p.rstd == nullptr), call.fn, "rstd",
-               "must be given exactly when mean is");
+  call.normalisation(mean, rstd);
   at::Tensor sum_g = call.new_vec(), sum_gx = call.new_vec();
   call.p.out0 = sum_g.data_ptr();
   call.p.out1 = sum_gx.data_ptr();
@@ -312,10 +314,7 @@ at::Tensor bn_grad_input(const at::Tensor& g, const at::Tensor& z, const at::Ten
   TailCall call("bn_grad_input", z);
   call.p.g = call.activation(g, "g", z.scalar_type());
   call.weights(w, k);
-  call.p.mean = call.vec(mean, "mean", call.p.C);
-  call.p.rstd = call.vec(rstd, "rstd", call.p.C);
-  FD_CHECK_ARG((call.p.mean == nullptr) == (call.p.rstd == nullptr), call.fn, "rstd",
-               "must be given exactly when mean is");
+  call.normalisation(mean, rstd);
   call.p.gamma = call.vec(gamma, "gamma", call.p.C);
   call.p.sum_g = call.vec(sum_g, "sum_g", call.p.C);
   call.p.sum_gx = call.vec(sum_gx, "sum_gx", call.p.C);

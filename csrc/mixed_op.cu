@@ -26,6 +26,12 @@ Layout make_layout(const BnTailParams& p) {
   return p.channels_last ? Layout{p.C, p.S, 1, p.C} : Layout{p.C, p.S, p.S, 1};
 }
 
+// Last row (exclusive) of the chunk starting at `begin`.
+__device__ __forceinline__ int64_t chunk_end(int64_t begin, int64_t rows_per_chunk,
+                                             int64_t rows) {
+  return begin + rows_per_chunk < rows ? begin + rows_per_chunk : rows;
+}
+
 __device__ float block_sum(float v, float* shared) {
   shared[threadIdx.x] = v;
   __syncthreads();
@@ -46,7 +52,7 @@ __global__ void stats_partial_kernel(const T* __restrict__ z, Layout L, int64_t 
   __shared__ float shared[kBnThreads];
   const int64_t q = blockIdx.x, c = blockIdx.y;
   const int64_t begin = q * rows_per_chunk;
-  const int64_t end = begin + rows_per_chunk < rows ? begin + rows_per_chunk : rows;
+  const int64_t end = chunk_end(begin, rows_per_chunk, rows);
   float s = 0.f;
   for (int64_t r = begin + threadIdx.x; r < end; r += blockDim.x) s += to_float(z[L.offset(r, c)]);
   const float n = static_cast<float>(end > begin ? end - begin : 0);
@@ -75,7 +81,7 @@ __global__ void stats_finalize_kernel(const float* __restrict__ part_mean,
   float count = 0.f, mean = 0.f, m2 = 0.f;
   for (int64_t q = 0; q < chunks; ++q) {
     const int64_t begin = q * rows_per_chunk;
-    const int64_t end = begin + rows_per_chunk < rows ? begin + rows_per_chunk : rows;
+    const int64_t end = chunk_end(begin, rows_per_chunk, rows);
     if (end <= begin) break;
     const float nb = static_cast<float>(end - begin);
     const float mb = part_mean[q * C + c];
@@ -101,7 +107,7 @@ __global__ void grad_reduce_partial_kernel(const T* __restrict__ g, const T* __r
   __shared__ float shared[kBnThreads];
   const int64_t q = blockIdx.x, c = blockIdx.y;
   const int64_t begin = q * rows_per_chunk;
-  const int64_t end = begin + rows_per_chunk < rows ? begin + rows_per_chunk : rows;
+  const int64_t end = chunk_end(begin, rows_per_chunk, rows);
   const float mu = load_or(mean, c, 0.f), rs = load_or(rstd, c, 1.f);
   float sg = 0.f, sgx = 0.f;
   for (int64_t r = begin + threadIdx.x; r < end; r += blockDim.x) {

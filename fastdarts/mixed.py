@@ -30,6 +30,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .backends import select_backend
 from .ops.darts import OPS, POOL_OPS, PRIMITIVES
+from .reference.mixed_op import acc_dtype
 from .recompute import frozen_bn_stats, is_recomputing, module_uses_rng, RngState
 
 __all__ = ["MixedOp", "FusedMixedOp", "OpPlan", "plan_ops", "MEMORY_MODES", "mixed_forward"]
@@ -133,10 +134,6 @@ def _plans_of(owner: nn.Module) -> list[OpPlan]:
 # --------------------------------------------------------------------------------------
 # Shared pieces of the three paths.
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _format_of(x: torch.Tensor):
     if x.is_contiguous():
         return torch.contiguous_format
@@ -199,7 +196,7 @@ class _Edge:
         self.active = [p for p in self.plans if p.kind != "zero"]
         self.share_relu = sum(p.relu_first for p in self.active) > 0
         self.fmt = _format_of(x)
-        self.acc = _acc_dtype(x.dtype)
+        self.acc = acc_dtype(x.dtype)
         self.be = select_backend(x, backend=backend)
         self.uses_rng = any(p.uses_rng for p in self.active)
         self.owner = owner
@@ -261,26 +258,38 @@ def _weights_acc(weights, x, acc):
     return weights.detach().to(device=x.device, dtype=acc, non_blocking=True).contiguous()
 
 
-def _forward_nograd(edge: _Edge, x, w_acc, keep_stats: bool):
-    """Run the edge without a graph, one op at a time. -> (out, stats per op, out dtype)."""
-    x = _as(x, edge.fmt)
-    r = F.relu(x) if edge.share_relu else None
-    acc_buf, stats, dtypes = None, [None] * edge.K, [x.dtype]
+def _accumulate_edge(edge: _Edge, x, w_acc, z_of: Callable):
+    """`sum_k w_k * tail_k(z_k)` one op at a time, `z_of(plan)` giving each body output.
+    -> (out, tail statistics per op)."""
+    acc_buf, stats, out_dtype = None, [None] * edge.K, x.dtype
     for p in edge.active:
         if p.kind == "identity":
             z, st = x, None
         else:
-            z = edge.body_output(p, x, r)
+            z = z_of(p)
             st = _tail_stats(edge.be, p.tail, z, edge.acc) if p.tail is not None else None
-            dtypes.append(z.dtype)
+            out_dtype = torch.promote_types(out_dtype, z.dtype)
         acc_buf = edge.accumulate(acc_buf, z, w_acc, p, st)
-        if keep_stats:
-            stats[p.index] = st
+        stats[p.index] = st
         del z
-    out_dtype = dtypes[0]
-    for d in dtypes[1:]:
-        out_dtype = torch.promote_types(out_dtype, d)
     return edge.finish(acc_buf, x, out_dtype), stats
+
+
+def _forward_nograd(edge: _Edge, x, w_acc):
+    """Run the edge without a graph, computing and dropping one body output at a time."""
+    x = _as(x, edge.fmt)
+    r = F.relu(x) if edge.share_relu else None
+    return _accumulate_edge(edge, x, w_acc, lambda p: edge.body_output(p, x, r))
+
+
+def _identity_backward(edge: _Edge, g, x, w_acc, p: OpPlan, need_x: bool):
+    """-> (dw_k, the term `w_k * g` of dx or None) of an identity op."""
+    _, dw, _, _ = edge.op_backward(g, x, w_acc, p, None, need_dz=False)
+    return dw, (g * w_acc[p.index].to(g.dtype) if need_x else None)
+
+
+def _add(a, b):
+    return b if a is None else (a if b is None else a + b)
 
 
 def _grads_for_weights(dws, weights, edge):
@@ -296,32 +305,26 @@ def _op_params(p: OpPlan) -> list[nn.Parameter]:
     return [q for q in p.module.parameters() if q.requires_grad]
 
 
+def _body_params(p: OpPlan) -> list[nn.Parameter]:
+    """The op's trainable parameters outside its folded tail (those get grads from it)."""
+    tail = set() if p.tail is None else {id(q) for q in p.tail.parameters()}
+    return [q for q in _op_params(p) if id(q) not in tail]
+
+
 # --------------------------------------------------------------------------------------
 # memory="fast": bodies keep their graph; this Function folds tails and the sum.
 
 class _FusedTailFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, edge: _Edge, x, weights, *zs_and_affine):
-        body_plans = [p for p in edge.active if p.kind == "body"]
-        zs = zs_and_affine[:len(body_plans)]
+        n_bodies = sum(p.kind == "body" for p in edge.active)
+        zs = zs_and_affine[:n_bodies]
         w_acc = _weights_acc(weights, x, edge.acc)
-        acc_buf, stats, dtypes = None, [None] * edge.K, [x.dtype]
         zi = iter(zs)
-        for p in edge.active:
-            if p.kind == "identity":
-                z, st = x, None
-            else:
-                z = next(zi)
-                st = _tail_stats(edge.be, p.tail, z, edge.acc) if p.tail is not None else None
-                dtypes.append(z.dtype)
-            acc_buf = edge.accumulate(acc_buf, z, w_acc, p, st)
-            stats[p.index] = st
-        out_dtype = dtypes[0]
-        for d in dtypes[1:]:
-            out_dtype = torch.promote_types(out_dtype, d)
-        ctx.edge, ctx.stats, ctx.n_z = edge, stats, len(body_plans)
+        out, stats = _accumulate_edge(edge, x, w_acc, lambda p: next(zi))
+        ctx.edge, ctx.stats = edge, stats
         ctx.save_for_backward(x, weights, w_acc, *zs)
-        return edge.finish(acc_buf, x, out_dtype)
+        return out
 
     @staticmethod
     def backward(ctx, g):
@@ -333,11 +336,9 @@ class _FusedTailFunction(torch.autograd.Function):
         zi = iter(zs)
         for p in edge.active:
             if p.kind == "identity":
-                _, dw, _, _ = edge.op_backward(g, x, w_acc, p, None, need_dz=False)
+                dw, term = _identity_backward(edge, g, x, w_acc, p, ctx.needs_input_grad[1])
                 dws.append((p.index, dw))
-                if ctx.needs_input_grad[1]:
-                    term = g * w_acc[p.index].to(g.dtype)
-                    dx = term if dx is None else dx + term
+                dx = _add(dx, term)
                 continue
             z = next(zi)
             dz, dw, dgamma, dbeta = edge.op_backward(g, z, w_acc, p, stats[p.index], True)
@@ -368,8 +369,8 @@ class _LowMemoryEdgeFunction(torch.autograd.Function):
     def forward(ctx, edge: _Edge, x, weights, *params):
         w_acc = _weights_acc(weights, x, edge.acc)
         ctx.rng = RngState.capture(x.device) if edge.uses_rng else None
-        out, stats = _forward_nograd(edge, x, w_acc, keep_stats=True)
-        ctx.edge, ctx.stats, ctx.n_params = edge, stats, len(params)
+        out, stats = _forward_nograd(edge, x, w_acc)
+        ctx.edge, ctx.stats = edge, stats
         ctx.save_for_backward(x, weights, w_acc)
         return out
 
@@ -388,33 +389,27 @@ class _LowMemoryEdgeFunction(torch.autograd.Function):
             r = F.relu(xd) if edge.share_relu else None
             for p in edge.active:
                 if p.kind == "identity":
-                    _, dw, _, _ = edge.op_backward(g, x, w_acc, p, None, need_dz=False)
+                    dw, term = _identity_backward(edge, g, x, w_acc, p, need_x)
                     dws.append((p.index, dw))
-                    if need_x:
-                        term = g * w_acc[p.index].to(g.dtype)
-                        dx = term if dx is None else dx + term
+                    dx = _add(dx, term)
                     continue
                 z = edge.body_output(p, xd, r)
                 dz, dw, dgamma, dbeta = edge.op_backward(g, z.detach(), w_acc, p,
                                                          stats[p.index], True)
                 dws.append((p.index, dw))
                 src = r if (p.relu_first and edge.share_relu) else xd
-                body_params = [q for q in _op_params(p)
-                               if p.tail is None or not any(q is t for t in
-                                                            p.tail.parameters())]
+                body_params = _body_params(p)
                 inputs = ([src] if src.requires_grad else []) + body_params
                 if inputs and z.requires_grad:
                     got = torch.autograd.grad(z, inputs, dz, allow_unused=True)
                     if src.requires_grad:
                         d_src, got = got[0], got[1:]
-                        if d_src is not None:
-                            if src is r:
-                                dr = d_src if dr is None else dr + d_src
-                            else:
-                                dx = d_src if dx is None else dx + d_src
+                        if src is r:
+                            dr = _add(dr, d_src)
+                        else:
+                            dx = _add(dx, d_src)
                     for q, gq in zip(body_params, got):
-                        if gq is not None:
-                            grads[id(q)] = gq if grads[id(q)] is None else grads[id(q)] + gq
+                        grads[id(q)] = _add(grads[id(q)], gq)
                 if p.tail is not None and p.tail.affine:
                     for q, gq in ((p.tail.weight, dgamma), (p.tail.bias, dbeta)):
                         if q.requires_grad:
@@ -439,7 +434,7 @@ def mixed_forward(owner: nn.Module, x: torch.Tensor, weights: torch.Tensor,
         x.requires_grad or weights.requires_grad or bool(params))
     if not wants_grad:
         with torch.no_grad():
-            return _forward_nograd(edge, x, _weights_acc(weights, x, edge.acc), False)[0]
+            return _forward_nograd(edge, x, _weights_acc(weights, x, edge.acc))[0]
     if memory == "fast" or is_recomputing():
         return _forward_fast(edge, x, weights)
     if memory == "low":
