@@ -1,18 +1,20 @@
 """The fused mixed op: `out = sum_k w_k * tail_k(body_k(x))` with the BN tails folded in.
 
 Each candidate op of an edge is split into a *body* and a *tail* (its final BatchNorm, or
-nothing) by `plan_ops`, which reads an existing `_ops` ModuleList; no module is replaced, so
-parameters, buffers and `state_dict` keys stay as they were. The tails, the weighted sum and
-their backward (per-channel sums of `g` and `g * xhat`, `dw_k`, `dz_k`) run in the kernels of
-`fastdarts.backends`. Memory modes (DESIGN.md §3):
+nothing) by `fastdarts.plans`, which reads an existing `_ops` ModuleList; no module is
+replaced, so parameters, buffers and `state_dict` keys stay as they were. The tails, the
+weighted sum and their backward (per-channel sums of `g` and `g * xhat`, `dw_k`, `dz_k`) run
+in the kernels of `fastdarts.backends`. Memory modes (DESIGN.md §3):
 
 * ``low``: the forward runs the bodies without a graph, one op at a time, and keeps only
   `x`, the weights and the BN statistics; the backward recomputes one body at a time.
-  Inside a cell recomputed by `fastdarts.recompute` the edge runs as ``fast`` (the cell
-  already keeps nothing).
-* ``fast``: the bodies keep their graph, the Function keeps each op's pre-BN output `z_k`
-  (one activation instead of the reference's BN input, BN output and product input), and the
-  leading ReLU of the conv ops is computed once per edge.
+  Inside a cell recomputed by `fastdarts.recompute` the edge runs as ``fast`` with every
+  body keeping its graph (the cell already keeps nothing, and the recompute is short-lived).
+* ``fast``: the Function keeps each op's pre-BN output `z_k` (one activation instead of the
+  reference's BN input, BN output and product input); conv bodies run as segments that keep
+  only their inputs and recompute only cheap modules (ReLU, inner BN, depthwise convs;
+  never a full conv, see `fastdarts.plans`); the leading ReLU of the conv ops is computed
+  once per edge.
 * ``reference``: the original `sum(w * op(x) for ...)`.
 
 Mixing weights are taken as given (softmax, Dirichlet sample, projected point, exact zeros):
@@ -30,105 +32,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .backends import select_backend
 from .ops.darts import OPS, POOL_OPS, PRIMITIVES
+from .plans import OpPlan, plans_of, run_segments
 from .reference.mixed_op import acc_dtype
-from .recompute import frozen_bn_stats, is_recomputing, module_uses_rng, RngState
+from .recompute import frozen_bn_stats, is_recomputing, RngState
 
-__all__ = ["MixedOp", "FusedMixedOp", "OpPlan", "plan_ops", "MEMORY_MODES", "mixed_forward"]
+__all__ = ["MixedOp", "FusedMixedOp", "MEMORY_MODES", "mixed_forward"]
 
 MEMORY_MODES = ("low", "fast", "reference")
-
-
-# --------------------------------------------------------------------------------------
-# Planning: recognise each op's body and tail from the modules.
-
-@dataclass
-class OpPlan:
-    """How the fused edge runs op `index` of an `_ops` list.
-
-    kind: ``zero`` (skipped), ``identity`` (`w * x`), ``body`` (`tail(body(x))`).
-    relu_first: the body starts with a ReLU that the edge computes once and shares;
-    `rest` then maps `relu(x)` to `z`. tail: the op's final BatchNorm or None.
-    fused: False for an op we did not recognise, which runs whole as its own body.
-    """
-    index: int
-    kind: str
-    module: nn.Module
-    body: Optional[Callable] = None
-    rest: Optional[Callable] = None
-    relu_first: bool = False
-    tail: Optional[_BatchNorm] = None
-    uses_rng: bool = False
-    fused: bool = True
-    label: str = ""
-
-
-def _chain(mods: Sequence[nn.Module]) -> Callable:
-    mods = tuple(mods)
-
-    def run(x):
-        for m in mods:
-            x = m(x)
-        return x
-    return run
-
-
-def _factorized_reduce_body(m: nn.Module) -> Callable:
-    """DARTS FactorizedReduce without its ReLU and BN: maps relu(x) to the concat."""
-    def rest(r):
-        if r.shape[-1] % 2 or r.shape[-2] % 2:
-            raise ValueError(
-                f"FactorizedReduce needs an even spatial size; got {tuple(r.shape[-2:])}")
-        return torch.cat([m.conv_1(r), m.conv_2(r[:, :, 1:, 1:])], dim=1)
-    return rest
-
-
-def _sequence_plan(index, module, seq: Sequence[nn.Module], label) -> OpPlan:
-    seq = list(seq)
-    tail = seq.pop() if seq and isinstance(seq[-1], nn.BatchNorm2d) else None
-    relu_first = bool(seq) and isinstance(seq[0], nn.ReLU)
-    return OpPlan(index, "body", module, body=_chain(seq),
-                  rest=_chain(seq[1:]) if relu_first else None, relu_first=relu_first,
-                  tail=tail, uses_rng=module_uses_rng(module), label=label)
-
-
-def plan_op(index: int, module: nn.Module) -> OpPlan:
-    """Recognise one candidate op (see the module docstring)."""
-    name = type(module).__name__
-    label = f"_ops.{index} ({name})"
-    if name == "Zero":
-        return OpPlan(index, "zero", module, label=label)
-    if isinstance(module, nn.Identity) or name == "Identity":
-        return OpPlan(index, "identity", module, label=label)
-    if isinstance(module, nn.Sequential):
-        return _sequence_plan(index, module, list(module), label)
-    children = dict(module.named_children())
-    # ReLUConvBN / DilConv / SepConv: a wrapper whose forward is `self.op(x)`.
-    if (name in ("ReLUConvBN", "DilConv", "SepConv") and set(children) == {"op"}
-            and isinstance(children["op"], nn.Sequential)):
-        return _sequence_plan(index, module, list(children["op"]), label)
-    # DARTS FactorizedReduce: relu, conv_1, conv_2, bn.
-    if (name == "FactorizedReduce" and set(children) == {"relu", "conv_1", "conv_2", "bn"}
-            and isinstance(children["bn"], nn.BatchNorm2d)):
-        rest = _factorized_reduce_body(module)
-        return OpPlan(index, "body", module, body=lambda x: rest(F.relu(x)), rest=rest,
-                      relu_first=True, tail=module.bn, label=label)
-    # Anything else runs whole (no tail folded), still inside the fused sum and recompute.
-    return OpPlan(index, "body", module, body=module, uses_rng=module_uses_rng(module),
-                  fused=False, label=label)
-
-
-def plan_ops(ops: nn.ModuleList) -> list[OpPlan]:
-    return [plan_op(k, m) for k, m in enumerate(ops)]
-
-
-def _plans_of(owner: nn.Module) -> list[OpPlan]:
-    """Cached plans of `owner._ops`, rebuilt if the op modules changed (replicas, edits)."""
-    key = tuple(id(m) for m in owner._ops)
-    cached = owner.__dict__.get("_fastdarts_plans")
-    if cached is None or cached[0] != key:
-        cached = (key, plan_ops(owner._ops))
-        owner.__dict__["_fastdarts_plans"] = cached
-    return cached[1]
 
 
 # --------------------------------------------------------------------------------------
@@ -191,7 +101,7 @@ class _Edge:
     """Per-call context: the plans, the backend, layout and dtypes of one edge."""
 
     def __init__(self, owner: nn.Module, x: torch.Tensor, backend: Optional[str]):
-        self.plans = _plans_of(owner)
+        self.plans = plans_of(owner)
         self.K = len(self.plans)
         self.active = [p for p in self.plans if p.kind != "zero"]
         self.share_relu = sum(p.relu_first for p in self.active) > 0
@@ -201,8 +111,13 @@ class _Edge:
         self.uses_rng = any(p.uses_rng for p in self.active)
         self.owner = owner
 
-    def body_output(self, p: OpPlan, x, r):
-        z = p.rest(r) if (p.relu_first and self.share_relu) else p.body(x)
+    def body_output(self, p: OpPlan, x, r, r_plain=None):
+        """z_k. With `r_plain` (relu(x) without a graph) segmented bodies run as segments,
+        which keep only their inputs; otherwise every body keeps its own graph."""
+        if r_plain is not None and p.segments is not None:
+            z = run_segments(p.segments, x, r_plain)
+        else:
+            z = p.rest(r) if (p.relu_first and self.share_relu) else p.body(x)
         return _as(z, self.fmt)
 
     def accumulate(self, acc_buf, z, w, p: OpPlan, stats: Optional[TailStats]):
@@ -302,13 +217,12 @@ def _grads_for_weights(dws, weights, edge):
 
 
 def _op_params(p: OpPlan) -> list[nn.Parameter]:
-    return [q for q in p.module.parameters() if q.requires_grad]
+    return [q for q in p.params if q.requires_grad]
 
 
 def _body_params(p: OpPlan) -> list[nn.Parameter]:
     """The op's trainable parameters outside its folded tail (those get grads from it)."""
-    tail = set() if p.tail is None else {id(q) for q in p.tail.parameters()}
-    return [q for q in _op_params(p) if id(q) not in tail]
+    return [q for q in p.body_params if q.requires_grad]
 
 
 # --------------------------------------------------------------------------------------
@@ -350,10 +264,22 @@ class _FusedTailFunction(torch.autograd.Function):
         return (None, dx, dW, *dzs, *daff)
 
 
-def _forward_fast(edge: _Edge, x, weights):
+def _forward_fast(edge: _Edge, x, weights, segmented: bool = True):
+    """`segmented=False` (inside a recompute, which keeps little anyway): every body keeps
+    its graph, which avoids recomputing the segments a second time."""
     x = _as(x, edge.fmt)
-    r = F.relu(x) if edge.share_relu else None
-    zs = [edge.body_output(p, x, r) for p in edge.active if p.kind == "body"]
+    r = r_plain = None
+    if edge.share_relu:
+        # Segments take relu(x) for their forward only (they keep x); the ReLU keeps a graph
+        # only for the relu-first ops that run unsegmented (FactorizedReduce).
+        if not segmented or any(p.relu_first and p.segments is None for p in edge.active):
+            r = F.relu(x)
+            r_plain = r.detach()
+        else:
+            with torch.no_grad():
+                r_plain = F.relu(x)
+    zs = [edge.body_output(p, x, r, r_plain if segmented else None)
+          for p in edge.active if p.kind == "body"]
     affine = []
     for p in edge.active:
         if p.kind == "body" and p.tail is not None and p.tail.affine:
@@ -435,7 +361,9 @@ def mixed_forward(owner: nn.Module, x: torch.Tensor, weights: torch.Tensor,
     if not wants_grad:
         with torch.no_grad():
             return _forward_nograd(edge, x, _weights_acc(weights, x, edge.acc))[0]
-    if memory == "fast" or is_recomputing():
+    if is_recomputing():
+        return _forward_fast(edge, x, weights, segmented=False)
+    if memory == "fast":
         return _forward_fast(edge, x, weights)
     if memory == "low":
         return _LowMemoryEdgeFunction.apply(edge, x, weights, *params)
@@ -466,7 +394,7 @@ class FusedMixedOp(nn.Module):
     def fusion_report(self) -> list[str]:
         """One line per op: how the fused edge runs it."""
         out = []
-        for p in _plans_of(self):
+        for p in plans_of(self):
             how = {"zero": "skipped", "identity": "w * x"}.get(p.kind)
             if how is None:
                 how = ("body + folded " + type(p.tail).__name__ if p.tail is not None

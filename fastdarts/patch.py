@@ -5,7 +5,7 @@ What it converts, in place:
 * every DARTS-style mixed op: a module with an `_ops` ModuleList whose `forward(x, weights)`
   returns `sum(w * op(x) for w, op in zip(weights, self._ops))`. Its forward is replaced on
   the instance by the fused one (`fastdarts.mixed.mixed_forward`); the ops are recognised
-  from the modules (`fastdarts.mixed.plan_op`), ops it cannot fuse run whole;
+  from the modules (`fastdarts.plans.plan_op`), ops it cannot fuse run whole;
 * with `memory="low"`, every DARTS-style cell (a module with `preprocess0`, `preprocess1` and
   an `_ops` list of mixed ops): it keeps only its inputs for backward and is recomputed
   (`fastdarts.recompute`), BN statistics updated once and random ops replayed.
@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .mixed import MEMORY_MODES, FusedMixedOp, _plans_of, check_memory, mixed_forward
+from .mixed import MEMORY_MODES, FusedMixedOp, check_memory, mixed_forward
+from .plans import plans_of
 from .recompute import RngState, enable_cell_recompute, frozen_bn_stats, module_uses_rng
 
 __all__ = ["patch", "unpatch", "PatchReport"]
@@ -126,7 +127,7 @@ def patch(model: nn.Module, memory: str = "low", backend: str | None = None,
                 report.problems.append(
                     f"{name} ({type(m).__name__}): a partial-channel mixed op; not converted")
                 continue
-            plans = _plans_of(m)
+            plans = plans_of(m)
             report.unfused_ops += [f"{name}.{p.label}" for p in plans
                                    if p.kind == "body" and not p.fused]
             m.__dict__["_fastdarts_patch"] = {"memory": memory, "backend": backend,

@@ -12,20 +12,24 @@ returns the gradients of the arguments and of `module`'s parameters through auto
 Function outputs (not by accumulating `.grad` inside backward), so `torch.autograd.grad`
 and DistributedDataParallel's reducer see them as usual. Mixed ops run inside a recompute
 keep their bodies' graphs (`fast`), since the cell as a whole keeps nothing.
+
+`recompute_darts_cell` does the same for a DARTS cell with a node-by-node backward: it also
+keeps the cell's output (kept by the next cells anyway), takes the node states from it and
+recomputes one node's edges at a time, so the backward transient is one node's graph.
 """
 from __future__ import annotations
 
 import contextlib
 import threading
 import types
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["recompute", "frozen_bn_stats", "is_recomputing", "module_uses_rng", "RngState",
-           "enable_cell_recompute"]
+__all__ = ["recompute", "recompute_darts_cell", "frozen_bn_stats", "is_recomputing",
+           "listed_parameters", "module_uses_rng", "RngState", "enable_cell_recompute"]
 
 _state = threading.local()
 
@@ -45,17 +49,20 @@ def _recomputing():
 
 
 @contextlib.contextmanager
-def frozen_bn_stats(module: nn.Module):
-    """Training-mode BNs of `module` use batch statistics without updating running ones."""
-    frozen = [m for m in module.modules()
+def frozen_bn_stats(module: "nn.Module | Iterable[nn.Module]"):
+    """Training-mode BNs of `module` (or of each module of a sequence) use batch statistics
+    without updating running ones."""
+    roots = [module] if isinstance(module, nn.Module) else list(module)
+    frozen = [m for root in roots for m in root.modules()
               if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    # Plain attribute writes: nn.Module.__setattr__ is slow and these are plain bools.
     for m in frozen:
-        m.track_running_stats = False
+        m.__dict__["track_running_stats"] = False
     try:
         yield
     finally:
         for m in frozen:
-            m.track_running_stats = True
+            m.__dict__["track_running_stats"] = True
 
 
 _RNG_MODULES = (nn.Dropout, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
@@ -109,7 +116,7 @@ class _RecomputeFunction(torch.autograd.Function):
     def backward(ctx, g):
         args = ctx.saved_tensors
         n = ctx.n_args
-        params = [p for p in ctx.module.parameters() if p.requires_grad]
+        params = [p for p in listed_parameters(ctx.module) if p.requires_grad]
         need = ctx.needs_input_grad[4:]
         with torch.enable_grad(), frozen_bn_stats(ctx.module), _recomputing(), \
                 RngState.restored(ctx.rng):
@@ -128,7 +135,7 @@ def recompute(module: nn.Module, fn: Callable, *args):
     Non-tensor arguments are passed through unchanged. Without grad mode, or when nothing
     needs a gradient, it is a plain call.
     """
-    params = [p for p in module.parameters() if p.requires_grad]
+    params = [p for p in listed_parameters(module) if p.requires_grad]
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     if not torch.is_grad_enabled() or is_recomputing() or not (
             params or any(t.requires_grad for t in tensors)):
@@ -141,6 +148,102 @@ def recompute(module: nn.Module, fn: Callable, *args):
 
     return _RecomputeFunction.apply(run, module, module_uses_rng(module), len(tensors),
                                     *tensors, *params)
+
+
+def listed_parameters(module: nn.Module) -> tuple:
+    """`tuple(module.parameters())`, cached on the module (walking the module tree on every
+    step costs more than the kernels of a small cell); rebuilt when a direct child or the
+    module's own parameters are replaced."""
+    key = (tuple(map(id, module._modules.values())), tuple(map(id, module._parameters.values())))
+    cached = module.__dict__.get("_fastdarts_params")
+    if cached is None or cached[0] != key:
+        cached = module.__dict__["_fastdarts_params"] = (key, tuple(module.parameters()))
+    return cached[1]
+
+
+class _NodewiseCellFunction(torch.autograd.Function):
+    """A DARTS cell keeping its inputs and its output; backward one node at a time.
+
+    The cell's output is the concat of all its nodes (multiplier == steps), and the next
+    cells keep it anyway, so keeping it costs nothing: the backward takes the node states from
+    it, recomputes the two preprocessed inputs, then backpropagates the nodes last first,
+    recomputing only that node's edges. The transient is one node's graph (at most
+    `steps + 1` edges) instead of the whole cell's, and no edge runs more than twice.
+    """
+
+    @staticmethod
+    def forward(ctx, cell, s0, s1, weights, *params):
+        ctx.cell = cell
+        with torch.no_grad():
+            out = cell._forward(s0, s1, weights)
+        ctx.save_for_backward(s0, s1, weights, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        cell = ctx.cell
+        s0, s1, weights, out = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        steps = cell._steps
+        params = [p for p in listed_parameters(cell) if p.requires_grad]
+        grads: dict[int, torch.Tensor | None] = {id(p): None for p in params}
+
+        def collect(pairs):
+            for q, gq in pairs:
+                if gq is not None:
+                    grads[id(q)] = gq if grads[id(q)] is None else grads[id(q)] + gq
+
+        with torch.enable_grad(), frozen_bn_stats(cell), _recomputing():
+            a0 = s0.detach().requires_grad_(need[1])
+            a1 = s1.detach().requires_grad_(need[2])
+            pre = [cell.preprocess0(a0), cell.preprocess1(a1)]
+            w = weights.detach().requires_grad_(need[3])
+            nodes = out.detach().chunk(steps, dim=1)
+            states = [t.detach().requires_grad_() for t in (*pre, *nodes)]
+            g_states: list = [None, None, *g.chunk(steps, dim=1)]
+            g_w = None
+            offsets = [sum(2 + j for j in range(i)) for i in range(steps)]
+            for i in reversed(range(steps)):
+                n, off = 2 + i, offsets[i]
+                edges = [cell._ops[off + j] for j in range(n)]
+                node = sum(e(states[j], w[off + j]) for j, e in enumerate(edges))
+                eparams = [q for e in edges for q in listed_parameters(e) if q.requires_grad]
+                ins = states[:n] + ([w] if w.requires_grad else []) + eparams
+                got = list(torch.autograd.grad(node, ins, g_states[2 + i], allow_unused=True))
+                for j in range(n):
+                    if got[j] is not None:
+                        g_states[j] = got[j] if g_states[j] is None else g_states[j] + got[j]
+                if w.requires_grad and got[n] is not None:
+                    g_w = got[n] if g_w is None else g_w + got[n]
+                collect(zip(eparams, got[n + w.requires_grad:]))
+                del node, got
+            pre_params = [q for m in (cell.preprocess0, cell.preprocess1)
+                          for q in listed_parameters(m) if q.requires_grad]
+            ins = [a for a in (a0, a1) if a.requires_grad] + pre_params
+            got = iter(torch.autograd.grad(pre, ins, g_states[:2], allow_unused=True)
+                       if ins else ())
+        d0 = next(got) if a0.requires_grad else None
+        d1 = next(got) if a1.requires_grad else None
+        collect(zip(pre_params, got))
+        return (None, d0, d1, g_w, *[grads[id(p)] for p in params])
+
+
+def recompute_darts_cell(cell: nn.Module, s0, s1, weights):
+    """`cell(s0, s1, weights)` keeping only its inputs and output, backpropagated node by
+    node (`_NodewiseCellFunction`). `cell` is a DARTS cell: `preprocess0/1`, `_ops` in node
+    order, `_steps == _multiplier` and `_forward(s0, s1, weights)`. Cells that draw random
+    numbers (S4 noise) use the whole-cell `recompute`, whose replay needs the forward order.
+    """
+    uses_rng = cell.__dict__.get("_fastdarts_uses_rng")
+    if uses_rng is None:
+        uses_rng = cell.__dict__["_fastdarts_uses_rng"] = module_uses_rng(cell)
+    if cell._multiplier != cell._steps or uses_rng:
+        return recompute(cell, cell._forward, s0, s1, weights)
+    params = [p for p in listed_parameters(cell) if p.requires_grad]
+    if not torch.is_grad_enabled() or is_recomputing() or not (
+            params or s0.requires_grad or s1.requires_grad or weights.requires_grad):
+        return cell._forward(s0, s1, weights)
+    return _NodewiseCellFunction.apply(cell, s0, s1, weights, *params)
 
 
 def _recomputed_forward(self, *args):

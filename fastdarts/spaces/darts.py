@@ -21,7 +21,7 @@ from torch import nn
 from ..genotypes import DartsGenotype, derive_darts_genotype
 from ..mixed import MixedOp, check_memory
 from ..ops.darts import PRIMITIVES, FactorizedReduce, ReLUConvBN
-from ..recompute import recompute
+from ..recompute import recompute_darts_cell
 
 __all__ = ["MixedOp", "Cell", "DartsSupernet", "SPACE_OPS", "space_edge_ops", "NUM_EDGES"]
 
@@ -76,8 +76,9 @@ def space_edge_ops(space: str):
 class Cell(nn.Module):
     """A DARTS search cell: 2 inputs, `steps` nodes, 14 mixed edges, concat of the last nodes.
 
-    With `memory="low"` the cell keeps only its inputs for backward and is recomputed there
-    (`fastdarts.recompute`), its edges running through the fused kernels.
+    With `memory="low"` the cell keeps only its inputs and output for backward and is
+    recomputed there node by node (`fastdarts.recompute.recompute_darts_cell`), its edges
+    running through the fused kernels.
     """
 
     def __init__(self, steps: int, multiplier: int, C_prev_prev: int, C_prev: int, C: int,
@@ -104,7 +105,7 @@ class Cell(nn.Module):
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if self.memory == "low":
-            return recompute(self, self._forward, s0, s1, weights)
+            return recompute_darts_cell(self, s0, s1, weights)
         return self._forward(s0, s1, weights)
 
     def _forward(self, s0, s1, weights):

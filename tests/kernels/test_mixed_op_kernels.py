@@ -10,7 +10,9 @@ from fastdarts.reference import (bn_accumulate_ref, bn_grad_input_ref, bn_grad_r
                                  bn_stats_ref)
 from tests.conftest import backend_device_pairs
 
-SHAPES = [(2, 16, 8, 8), (1, 5, 7, 7), (3, 3, 1, 1), (1, 1, 5, 3), (4, 7, 9, 5)]
+# (3, 4, 37, 29): H*W = 1073 spans two CPU reduction pieces (1024 + 49) per plane in NCHW and
+# 50 row blocks plus a remainder in NHWC.
+SHAPES = [(2, 16, 8, 8), (1, 5, 7, 7), (3, 3, 1, 1), (1, 1, 5, 3), (4, 7, 9, 5), (3, 4, 37, 29)]
 LAYOUTS = [torch.contiguous_format, torch.channels_last]
 
 

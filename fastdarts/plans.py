@@ -1,0 +1,269 @@
+"""How the fused edge runs each candidate op: recognised from the modules, split into a
+*body* and a *tail* (its final BatchNorm, folded into the mixed-op kernels), and the body
+cut into *segments* that keep only their input for backward.
+
+A segment is a run of cheap modules (ReLU, BatchNorm, pools, depthwise convs) ending in at
+most one full convolution. In backward it recomputes the cheap part from its saved input and
+backpropagates the final conv without running it again (`aten.convolution_backward` on the
+recomputed conv input). So a SepConv keeps two tensors (its middle BN input and its pre-BN
+output) instead of five and a DilConv one instead of two, while no full convolution is
+ever computed twice. Bodies without a full conv (pools) keep their graph: their recompute
+would cost more than the little it saves. Segments are what `memory="fast"` (and
+`low`'s cell recompute) run; the edge-level `low` backward, which recomputes whole bodies
+anyway, runs the plain modules.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .recompute import frozen_bn_stats, module_uses_rng
+
+__all__ = ["OpPlan", "Segment", "plan_op", "plan_ops", "plans_of", "run_segments"]
+
+
+def _chain(mods: Sequence[nn.Module]) -> Callable:
+    mods = tuple(mods)
+
+    def run(x):
+        for m in mods:
+            x = m(x)
+        return x
+    return run
+
+
+# --------------------------------------------------------------------------------------
+# Segments.
+
+_CHEAP = (nn.ReLU, nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.BatchNorm2d)
+
+
+def _is_depthwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups == m.in_channels and m.groups > 1
+
+
+def _is_plain_conv(m: nn.Module) -> bool:
+    """A Conv2d whose backward `aten.convolution_backward` gives exactly (zero padding)."""
+    return (isinstance(m, nn.Conv2d) and m.padding_mode == "zeros"
+            and not isinstance(m.padding, str))
+
+
+@dataclass(eq=False)
+class Segment:
+    """`last(head(x))`, keeping only `x` for backward (see the module docstring).
+
+    head: the cheap modules; last: the final full conv, or None (the segment is all cheap and
+    is recomputed whole). relu_first: head starts with the ReLU that the edge computes once
+    and shares, so the forward can start from it.
+    """
+    head_modules: tuple
+    last: Optional[nn.Conv2d]
+    relu_first: bool
+    modules: tuple = field(init=False)
+    params: tuple = field(init=False)
+
+    def __post_init__(self):
+        self.modules = self.head_modules + (() if self.last is None else (self.last,))
+        self.params = tuple(q for m in self.modules for q in m.parameters())
+        self.n_head_params = sum(1 for m in self.head_modules for _ in m.parameters())
+        self._head = _chain(self.head_modules)
+        self._head_after_relu = _chain(self.head_modules[1:])
+
+    def forward_from(self, x, r):
+        a = self._head_after_relu(r) if (self.relu_first and r is not None) else self._head(x)
+        return a if self.last is None else self.last(a)
+
+    def head(self, x):
+        return self._head(x)
+
+
+def _segments_of(seq: Sequence[nn.Module]) -> Optional[list[Segment]]:
+    """Cut a body (its tail removed) after each full conv; None if a module is not one we
+    know to be deterministic and cheap, or a conv we cannot backpropagate by hand."""
+    segments, head = [], []
+    for m in seq:
+        if isinstance(m, nn.ReLU) and m.inplace:  # would overwrite the saved input
+            return None
+        if isinstance(m, _CHEAP) or (_is_depthwise(m) and _is_plain_conv(m)):
+            head.append(m)
+        elif _is_plain_conv(m):
+            segments.append(Segment(tuple(head), m, bool(head) and isinstance(head[0], nn.ReLU)))
+            head = []
+        else:
+            return None
+    if not segments:  # no full conv (a pool): recomputing it would save nothing worth it
+        return None
+    if head:
+        segments.append(Segment(tuple(head), None, isinstance(head[0], nn.ReLU)))
+    return segments
+
+
+class _AutocastState:
+    """The autocast setting of the forward, re-entered by the backward recompute."""
+
+    def __init__(self, device_type: str):
+        self.device_type = device_type
+        self.enabled = torch.is_autocast_enabled(device_type)
+        self.dtype = torch.get_autocast_dtype(device_type) if self.enabled else None
+
+    def __call__(self):
+        if not self.enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+class _SegmentFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, seg: Segment, x, r, *params):
+        # r: relu(x) computed once by the edge (detached), used by the forward only.
+        ctx.seg = seg
+        ctx.autocast = _AutocastState(x.device.type)
+        ctx.save_for_backward(x)
+        return seg.forward_from(x, r)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        seg = ctx.seg
+        need_x = ctx.needs_input_grad[1]
+        need_p = ctx.needs_input_grad[3:]
+        n_head = seg.n_head_params
+        head_params = [q for q, need in zip(seg.params[:n_head], need_p) if need]
+        with torch.enable_grad(), frozen_bn_stats(seg.modules), ctx.autocast():
+            xd = x.detach().requires_grad_(need_x)
+            a = seg.head(xd)
+        grads = [None] * len(seg.params)
+        if seg.last is None:
+            ga = g
+        else:
+            conv = seg.last
+            a_in = a.detach()
+            w = conv.weight if conv.weight.dtype == a_in.dtype else conv.weight.to(a_in.dtype)
+            has_bias = conv.bias is not None
+            ga, gw, gb = torch.ops.aten.convolution_backward(
+                g.to(a_in.dtype), a_in, w.detach(), [conv.out_channels] if has_bias else None,
+                conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups,
+                [True, need_p[n_head], has_bias and need_p[n_head + 1]])
+            grads[n_head] = None if gw is None else gw.to(conv.weight.dtype)
+            if has_bias and gb is not None:
+                grads[n_head + 1] = gb.to(conv.bias.dtype)
+        inputs = ([xd] if need_x else []) + head_params
+        dx = None
+        if inputs and a.requires_grad:
+            got = list(torch.autograd.grad(a, inputs, ga, allow_unused=True))
+            if need_x:
+                dx = got.pop(0)
+            it = iter(got)
+            for i in range(n_head):
+                if need_p[i]:
+                    grads[i] = next(it)
+        return (None, dx, None, *grads)
+
+
+def run_segments(segments: Sequence[Segment], x: torch.Tensor,
+                 r: Optional[torch.Tensor]) -> torch.Tensor:
+    """A segmented body on `x` (`r` = relu(x), detached, or None)."""
+    for i, seg in enumerate(segments):
+        x = _SegmentFunction.apply(seg, x, r if i == 0 else None, *seg.params)
+    return x
+
+
+# --------------------------------------------------------------------------------------
+# Plans.
+
+@dataclass
+class OpPlan:
+    """How the fused edge runs op `index` of an `_ops` list.
+
+    kind: ``zero`` (skipped), ``identity`` (`w * x`), ``body`` (`tail(body(x))`).
+    relu_first: the body starts with a ReLU that the edge computes once and shares;
+    `rest` then maps `relu(x)` to `z`. tail: the op's final BatchNorm or None.
+    segments: the body cut into segments (None: it keeps its autograd graph).
+    fused: False for an op we did not recognise, which runs whole as its own body.
+    """
+    index: int
+    kind: str
+    module: nn.Module
+    body: Optional[Callable] = None
+    rest: Optional[Callable] = None
+    relu_first: bool = False
+    tail: Optional[_BatchNorm] = None
+    segments: Optional[list] = None
+    uses_rng: bool = False
+    fused: bool = True
+    label: str = ""
+    params: tuple = field(init=False, default=())
+    body_params: tuple = field(init=False, default=())
+
+    def __post_init__(self):
+        # Listed once: walking the module tree on every call costs more than the kernels.
+        self.params = tuple(self.module.parameters())
+        tail = set() if self.tail is None else {id(q) for q in self.tail.parameters()}
+        self.body_params = tuple(q for q in self.params if id(q) not in tail)
+
+
+def _factorized_reduce_body(m: nn.Module) -> Callable:
+    """DARTS FactorizedReduce without its ReLU and BN: maps relu(x) to the concat."""
+    def rest(r):
+        if r.shape[-1] % 2 or r.shape[-2] % 2:
+            raise ValueError(
+                f"FactorizedReduce needs an even spatial size; got {tuple(r.shape[-2:])}")
+        return torch.cat([m.conv_1(r), m.conv_2(r[:, :, 1:, 1:])], dim=1)
+    return rest
+
+
+def _sequence_plan(index, module, seq: Sequence[nn.Module], label) -> OpPlan:
+    seq = list(seq)
+    tail = seq.pop() if seq and isinstance(seq[-1], nn.BatchNorm2d) else None
+    relu_first = bool(seq) and isinstance(seq[0], nn.ReLU)
+    uses_rng = module_uses_rng(module)
+    return OpPlan(index, "body", module, body=_chain(seq),
+                  rest=_chain(seq[1:]) if relu_first else None, relu_first=relu_first,
+                  tail=tail, segments=None if uses_rng else _segments_of(seq),
+                  uses_rng=uses_rng, label=label)
+
+
+def plan_op(index: int, module: nn.Module) -> OpPlan:
+    """Recognise one candidate op (see the module docstring)."""
+    name = type(module).__name__
+    label = f"_ops.{index} ({name})"
+    if name == "Zero":
+        return OpPlan(index, "zero", module, label=label)
+    if isinstance(module, nn.Identity) or name == "Identity":
+        return OpPlan(index, "identity", module, label=label)
+    if isinstance(module, nn.Sequential):
+        return _sequence_plan(index, module, list(module), label)
+    children = dict(module.named_children())
+    # ReLUConvBN / DilConv / SepConv: a wrapper whose forward is `self.op(x)`.
+    if (name in ("ReLUConvBN", "DilConv", "SepConv") and set(children) == {"op"}
+            and isinstance(children["op"], nn.Sequential)):
+        return _sequence_plan(index, module, list(children["op"]), label)
+    # DARTS FactorizedReduce: relu, conv_1, conv_2, bn.
+    if (name == "FactorizedReduce" and set(children) == {"relu", "conv_1", "conv_2", "bn"}
+            and isinstance(children["bn"], nn.BatchNorm2d)):
+        rest = _factorized_reduce_body(module)
+        return OpPlan(index, "body", module, body=lambda x: rest(F.relu(x)), rest=rest,
+                      relu_first=True, tail=module.bn, label=label)
+    # Anything else runs whole (no tail folded), still inside the fused sum and recompute.
+    return OpPlan(index, "body", module, body=module, uses_rng=module_uses_rng(module),
+                  fused=False, label=label)
+
+
+def plan_ops(ops: nn.ModuleList) -> list[OpPlan]:
+    return [plan_op(k, m) for k, m in enumerate(ops)]
+
+
+def plans_of(owner: nn.Module) -> list[OpPlan]:
+    """Cached plans of `owner._ops`, rebuilt if the op modules changed (replicas, edits)."""
+    key = tuple(id(m) for m in owner._ops)
+    cached = owner.__dict__.get("_fastdarts_plans")
+    if cached is None or cached[0] != key:
+        cached = (key, plan_ops(owner._ops))
+        owner.__dict__["_fastdarts_plans"] = cached
+    return cached[1]
