@@ -72,7 +72,7 @@ def test_supernet_step(benchmark, space, mode):
             torch.cuda.synchronize()
 
     benchmark.group = f"{space} step"
-    benchmark.pedantic(run, rounds=3, warmup_rounds=1, iterations=1)
+    benchmark.pedantic(run, rounds=5, warmup_rounds=1, iterations=1)
     stats = benchmark.stats.stats
     probe = _probe(space, mode)
     info = benchmark.extra_info
