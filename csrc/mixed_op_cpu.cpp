@@ -90,6 +90,33 @@ void lane_grad_sums(const T* __restrict__ g, const T* __restrict__ z, int64_t le
   }
 }
 
+// ---- NHWC blocks: kRows rows of all channels -------------------------------------------
+
+// Two per-channel partials per row block: `block(r0, r1, s0, s1)` adds block [r0, r1) into the
+// zeroed storage-dtype arrays s0, s1 (C each). Returns them in double, block after block:
+// part[2*q*C + c] and part[(2*q+1)*C + c].
+template <typename T, typename F>
+std::vector<double> nhwc_block_partials(const BnTailParams& p, F block) {
+  const int64_t C = p.C, R = p.N * p.S, blocks = (R + kRows - 1) / kRows;
+  std::vector<double> part(static_cast<std::size_t>(2 * blocks * C));
+#pragma omp parallel
+  {
+    std::vector<T> b0(C), b1(C);
+#pragma omp for schedule(static)
+    for (int64_t q = 0; q < blocks; ++q) {
+      std::fill(b0.begin(), b0.end(), T(0));
+      std::fill(b1.begin(), b1.end(), T(0));
+      block(q * kRows, std::min(R, (q + 1) * kRows), b0.data(), b1.data());
+      double* out = part.data() + 2 * q * C;
+      for (int64_t c = 0; c < C; ++c) {
+        out[c] = b0[c];
+        out[C + c] = b1[c];
+      }
+    }
+  }
+  return part;
+}
+
 // ---- kernels ------------------------------------------------------------------------------
 
 template <typename T>
@@ -130,37 +157,24 @@ void stats(const BnTailParams& p) {
     return;
   }
   const int64_t R = N * S, blocks = (R + kRows - 1) / kRows;
-  std::vector<double> part(static_cast<std::size_t>(2 * blocks * C));
-#pragma omp parallel
-  {
-    std::vector<T> sum(C), m2(C);
-#pragma omp for schedule(static)
-    for (int64_t q = 0; q < blocks; ++q) {
-      const int64_t r0 = q * kRows, r1 = std::min(R, r0 + kRows);
-      T* __restrict__ s = sum.data();
-      T* __restrict__ d2 = m2.data();
-      std::fill(sum.begin(), sum.end(), T(0));
-      std::fill(m2.begin(), m2.end(), T(0));
-      for (int64_t r = r0; r < r1; ++r) {
-        const T* __restrict__ row = z + r * C;
-        for (int64_t c = 0; c < C; ++c) s[c] += row[c];
-      }
-      const T inv = T(1) / static_cast<T>(r1 - r0);
-      for (int64_t c = 0; c < C; ++c) s[c] *= inv;  // block mean
-      for (int64_t r = r0; r < r1; ++r) {
-        const T* __restrict__ row = z + r * C;
-        for (int64_t c = 0; c < C; ++c) {
-          const T d = row[c] - s[c];
-          d2[c] += d * d;
+  // Per block: its mean (first pass) and the squared deviations from it (second pass, in
+  // cache).
+  const std::vector<double> part = nhwc_block_partials<T>(
+      p, [&](int64_t r0, int64_t r1, T* __restrict__ s, T* __restrict__ d2) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const T* __restrict__ row = z + r * C;
+          for (int64_t c = 0; c < C; ++c) s[c] += row[c];
         }
-      }
-      double* out = part.data() + 2 * q * C;
-      for (int64_t c = 0; c < C; ++c) {
-        out[c] = s[c];
-        out[C + c] = d2[c];
-      }
-    }
-  }
+        const T inv = T(1) / static_cast<T>(r1 - r0);
+        for (int64_t c = 0; c < C; ++c) s[c] *= inv;
+        for (int64_t r = r0; r < r1; ++r) {
+          const T* __restrict__ row = z + r * C;
+          for (int64_t c = 0; c < C; ++c) {
+            const T d = row[c] - s[c];
+            d2[c] += d * d;
+          }
+        }
+      });
   for (int64_t q = 0; q < blocks; ++q) {
     const double nb = static_cast<double>(std::min(R, (q + 1) * kRows) - q * kRows);
     const double* in = part.data() + 2 * q * C;
@@ -252,34 +266,19 @@ void grad_reduce(const BnTailParams& p) {
       sgx[c] = s1;
     }
   } else {
-    const int64_t R = N * S, blocks = (R + kRows - 1) / kRows;
-    std::vector<double> part(static_cast<std::size_t>(2 * blocks * C));
-#pragma omp parallel
-    {
-      std::vector<T> b0(C), b1(C);
-#pragma omp for schedule(static)
-      for (int64_t q = 0; q < blocks; ++q) {
-        const int64_t r0 = q * kRows, r1 = std::min(R, r0 + kRows);
-        T* __restrict__ s0 = b0.data();
-        T* __restrict__ s1 = b1.data();
-        const T* __restrict__ m = mean.data();
-        std::fill(b0.begin(), b0.end(), T(0));
-        std::fill(b1.begin(), b1.end(), T(0));
-        for (int64_t r = r0; r < r1; ++r) {
-          const T* __restrict__ gr = g + r * C;
-          const T* __restrict__ zr = z + r * C;
-          for (int64_t c = 0; c < C; ++c) {
-            s0[c] += gr[c];
-            s1[c] += gr[c] * (zr[c] - m[c]);
+    const int64_t blocks = (N * S + kRows - 1) / kRows;
+    const T* __restrict__ m = mean.data();
+    const std::vector<double> part = nhwc_block_partials<T>(
+        p, [&](int64_t r0, int64_t r1, T* __restrict__ s0, T* __restrict__ s1) {
+          for (int64_t r = r0; r < r1; ++r) {
+            const T* __restrict__ gr = g + r * C;
+            const T* __restrict__ zr = z + r * C;
+            for (int64_t c = 0; c < C; ++c) {
+              s0[c] += gr[c];
+              s1[c] += gr[c] * (zr[c] - m[c]);
+            }
           }
-        }
-        double* out = part.data() + 2 * q * C;
-        for (int64_t c = 0; c < C; ++c) {
-          out[c] = s0[c];
-          out[C + c] = s1[c];
-        }
-      }
-    }
+        });
     for (int64_t q = 0; q < blocks; ++q)
       for (int64_t c = 0; c < C; ++c) {
         sg[c] += part[static_cast<std::size_t>(2 * q * C + c)];
