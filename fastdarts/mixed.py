@@ -34,7 +34,7 @@ from .backends import select_backend
 from .ops.darts import OPS, POOL_OPS, PRIMITIVES
 from .plans import OpPlan, plans_of, run_segments
 from .reference.mixed_op import acc_dtype
-from .recompute import frozen_bn_stats, is_recomputing, RngState
+from .recompute import AutocastState, frozen_bn_stats, is_recomputing, RngState
 
 __all__ = ["MixedOp", "FusedMixedOp", "MEMORY_MODES", "mixed_forward"]
 
@@ -295,6 +295,7 @@ class _LowMemoryEdgeFunction(torch.autograd.Function):
     def forward(ctx, edge: _Edge, x, weights, *params):
         w_acc = _weights_acc(weights, x, edge.acc)
         ctx.rng = RngState.capture(x.device) if edge.uses_rng else None
+        ctx.autocast = AutocastState(x.device.type)
         out, stats = _forward_nograd(edge, x, w_acc)
         ctx.edge, ctx.stats = edge, stats
         ctx.save_for_backward(x, weights, w_acc)
@@ -310,7 +311,8 @@ class _LowMemoryEdgeFunction(torch.autograd.Function):
         grads = {id(q): None for q in params}
         need_x = ctx.needs_input_grad[1]
         dws, dx, dr = [], None, None
-        with torch.enable_grad(), frozen_bn_stats(edge.owner), RngState.restored(ctx.rng):
+        with torch.enable_grad(), frozen_bn_stats(edge.owner), RngState.restored(ctx.rng), \
+                ctx.autocast():
             xd = x.detach().requires_grad_(need_x)
             r = F.relu(xd) if edge.share_relu else None
             for p in edge.active:

@@ -14,7 +14,6 @@ anyway, runs the plain modules.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .recompute import frozen_bn_stats, module_uses_rng
+from .recompute import AutocastState, frozen_bn_stats, module_uses_rng
 
 __all__ = ["OpPlan", "Segment", "plan_op", "plan_ops", "plans_of", "run_segments"]
 
@@ -104,26 +103,12 @@ def _segments_of(seq: Sequence[nn.Module]) -> Optional[list[Segment]]:
     return segments
 
 
-class _AutocastState:
-    """The autocast setting of the forward, re-entered by the backward recompute."""
-
-    def __init__(self, device_type: str):
-        self.device_type = device_type
-        self.enabled = torch.is_autocast_enabled(device_type)
-        self.dtype = torch.get_autocast_dtype(device_type) if self.enabled else None
-
-    def __call__(self):
-        if not self.enabled:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
-
-
 class _SegmentFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, seg: Segment, x, r, *params):
         # r: relu(x) computed once by the edge (detached), used by the forward only.
         ctx.seg = seg
-        ctx.autocast = _AutocastState(x.device.type)
+        ctx.autocast = AutocastState(x.device.type)
         ctx.save_for_backward(x)
         return seg.forward_from(x, r)
 

@@ -29,7 +29,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ["recompute", "recompute_darts_cell", "frozen_bn_stats", "is_recomputing",
-           "listed_parameters", "module_uses_rng", "RngState", "enable_cell_recompute"]
+           "listed_parameters", "module_uses_rng", "RngState", "AutocastState",
+           "enable_cell_recompute"]
 
 _state = threading.local()
 
@@ -75,6 +76,20 @@ def module_uses_rng(module: nn.Module) -> bool:
                for m in module.modules())
 
 
+class AutocastState:
+    """The autocast setting of the forward, re-entered by the backward recompute."""
+
+    def __init__(self, device_type: str):
+        self.device_type = device_type
+        self.enabled = torch.is_autocast_enabled(device_type)
+        self.dtype = torch.get_autocast_dtype(device_type) if self.enabled else None
+
+    def __call__(self):
+        if not self.enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
 class RngState:
     """The CPU and (for CUDA inputs) the device RNG state, to replay random ops."""
 
@@ -107,6 +122,7 @@ class _RecomputeFunction(torch.autograd.Function):
         args = tensors_and_params[:n_args]
         ctx.run, ctx.module, ctx.n_args = run, module, n_args
         ctx.rng = RngState.capture(args[0].device) if rng else None
+        ctx.autocast = AutocastState(args[0].device.type)
         with torch.no_grad():
             out = run(*args)
         ctx.save_for_backward(*args)
@@ -119,7 +135,7 @@ class _RecomputeFunction(torch.autograd.Function):
         params = [p for p in listed_parameters(ctx.module) if p.requires_grad]
         need = ctx.needs_input_grad[4:]
         with torch.enable_grad(), frozen_bn_stats(ctx.module), _recomputing(), \
-                RngState.restored(ctx.rng):
+                RngState.restored(ctx.rng), ctx.autocast():
             detached = [a.detach().requires_grad_(need[i]) for i, a in enumerate(args)]
             out = ctx.run(*detached)
         inputs = [a for a in detached if a.requires_grad] + params
@@ -174,6 +190,7 @@ class _NodewiseCellFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cell, s0, s1, weights, *params):
         ctx.cell = cell
+        ctx.autocast = AutocastState(s0.device.type)
         with torch.no_grad():
             out = cell._forward(s0, s1, weights)
         ctx.save_for_backward(s0, s1, weights, out)
@@ -193,7 +210,7 @@ class _NodewiseCellFunction(torch.autograd.Function):
                 if gq is not None:
                     grads[id(q)] = gq if grads[id(q)] is None else grads[id(q)] + gq
 
-        with torch.enable_grad(), frozen_bn_stats(cell), _recomputing():
+        with torch.enable_grad(), frozen_bn_stats(cell), _recomputing(), ctx.autocast():
             a0 = s0.detach().requires_grad_(need[1])
             a1 = s1.detach().requires_grad_(need[2])
             pre = [cell.preprocess0(a0), cell.preprocess1(a1)]
