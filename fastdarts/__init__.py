@@ -4,6 +4,7 @@ from __future__ import annotations
 from .genotypes import (DartsGenotype, NB201Genotype, load_genotype, nb201_arch_index,
                         save_genotype)
 from .mixed import MEMORY_MODES, FusedMixedOp, MixedOp
+from .partial import PartialMixedOp
 from .patch import PatchReport, patch, unpatch
 from .recompute import recompute
 from .search import SearchConfig, run_search
@@ -11,7 +12,8 @@ from .spaces import DartsSupernet, NB201Supernet, build_supernet
 
 __version__ = "0.1.0"
 
-__all__ = ["MixedOp", "FusedMixedOp", "MEMORY_MODES", "patch", "unpatch", "PatchReport",
-           "recompute", "build_supernet", "DartsSupernet", "NB201Supernet", "SearchConfig", "run_search",
+__all__ = ["MixedOp", "FusedMixedOp", "PartialMixedOp", "MEMORY_MODES", "patch", "unpatch",
+           "PatchReport", "recompute", "build_supernet", "DartsSupernet", "NB201Supernet",
+           "SearchConfig", "run_search",
            "DartsGenotype", "NB201Genotype", "save_genotype", "load_genotype",
            "nb201_arch_index", "__version__"]

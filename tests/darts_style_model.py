@@ -172,3 +172,38 @@ class Network(nn.Module):
             a = self.alphas_reduce if cell.reduction else self.alphas_normal
             s0, s1 = s1, cell(s0, s1, F.softmax(a, dim=-1))
         return self.classifier(self.global_pooling(s1).flatten(1))
+
+
+def pc_shuffle(x, groups):
+    """PC-DARTS's channel_shuffle, written out."""
+    n, c, h, w = x.data.size()
+    x = x.view(n, groups, c // groups, h, w)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(n, -1, h, w)
+
+
+class PCMixedOp(nn.Module):
+    """A PC-DARTS MixedOp: ops on the first C/k channels, the rest bypassed (max-pooled on
+    reduction edges), concatenated and shuffled."""
+
+    def __init__(self, C, stride, prims, k):
+        super().__init__()
+        self.mp = nn.MaxPool2d(2, 2)
+        self.k = k
+        self._ops = nn.ModuleList()
+        for p in prims:
+            op = OPS[p](C // k, stride, False)
+            if "pool" in p:
+                op = nn.Sequential(op, nn.BatchNorm2d(C // k, affine=False))
+            self._ops.append(op)
+
+    def forward(self, x, weights):
+        dim_2 = x.shape[1]
+        xtemp = x[:, : dim_2 // self.k, :, :]
+        xtemp2 = x[:, dim_2 // self.k:, :, :]
+        temp1 = sum(w * op(xtemp) for w, op in zip(weights, self._ops))
+        if temp1.shape[2] == x.shape[2]:
+            ans = torch.cat([temp1, xtemp2], dim=1)
+        else:
+            ans = torch.cat([temp1, self.mp(xtemp2)], dim=1)
+        return pc_shuffle(ans, self.k)
