@@ -9,7 +9,8 @@ the probe's steps (checkpoint updates statistics twice per step). On a GPU also 
     python -m pytest benchmarks/bench_mixed_op.py --benchmark-json=benchmarks/results/X.json
     python benchmarks/summarize.py benchmarks/results/X.json
 
-Shapes: FASTDARTS_BENCH_BATCH (default 8 on the CPU, 64 on a GPU), 32x32 images.
+Shapes: FASTDARTS_BENCH_BATCH (default 8 on the CPU, 64 on a GPU), 32x32 images;
+FASTDARTS_BENCH_ROUNDS timed steps per row (default 5 on the CPU, 20 on a GPU).
 """
 import json
 import os
@@ -25,6 +26,7 @@ from benchmarks.memory_probe import MODES, build, step
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BATCH = int(os.environ.get("FASTDARTS_BENCH_BATCH", "64" if DEVICE == "cuda" else "8"))
+ROUNDS = int(os.environ.get("FASTDARTS_BENCH_ROUNDS", "20" if DEVICE == "cuda" else "5"))
 SUPERNETS = {"darts": dict(C=16, layers=8), "nb201": dict(C=16, layers=5)}
 
 
@@ -72,11 +74,12 @@ def test_supernet_step(benchmark, space, mode):
             torch.cuda.synchronize()
 
     benchmark.group = f"{space} step"
-    benchmark.pedantic(run, rounds=5, warmup_rounds=1, iterations=1)
+    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=2, iterations=1)
     stats = benchmark.stats.stats
     probe = _probe(space, mode)
     info = benchmark.extra_info
     info.update(kind="supernet_step", space=space, mode=mode, batch=BATCH, device=DEVICE,
+                backend=os.environ.get("FASTDARTS_BACKEND", "auto"),
                 median_s=stats.median,
                 saved_MiB_per_image=probe["saved_bytes_per_image"] / 2**20,
                 peak_MiB=probe["peak_bytes"] / 2**20,

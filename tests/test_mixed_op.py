@@ -36,7 +36,7 @@ def _run(module, x, w, g_seed=1, rng_seed=7):
     torch.manual_seed(rng_seed)  # the S4 noise op draws the same numbers in every run
     out = module(x, w)
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(g_seed),
-                    dtype=torch.float64).to(out.dtype)
+                    dtype=torch.float64).to(device=out.device, dtype=out.dtype)
     params = [p for p in module.parameters()]
     grads = torch.autograd.grad(out, [x, w] + params, g, allow_unused=True)
     grads = [torch.zeros_like(t) if gr is None else gr for t, gr in zip([x, w] + params, grads)]
