@@ -11,6 +11,9 @@ What it converts, in place:
   (`fastdarts.recompute`), BN statistics updated once and random ops replayed.
 
 No module, parameter or buffer is replaced: `state_dict` keys and checkpoints load as before.
+The one change of class: an `nn.AvgPool2d` inside a converted mixed op becomes
+`fastdarts.ops.pooling.AvgPool2d` (same arguments, no state), whose CUDA backward is right
+for channels_last inputs (PyTorch's is not: see that module).
 The first forward of each patched mixed op also runs the original forward (statistics frozen,
 same random numbers) and compares; an op whose outputs differ is switched back to its original
 forward and reported by name, never silently wrong. `unpatch(model)` undoes everything.
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .ops.pooling import AvgPool2d
 from .mixed import MEMORY_MODES, FusedMixedOp, check_memory, mixed_forward
 from .plans import plans_of
 from .recompute import RngState, enable_cell_recompute, frozen_bn_stats, module_uses_rng
@@ -134,6 +138,10 @@ def patch(model: nn.Module, memory: str = "low", backend: str | None = None,
                                               "verified": not verify, "name": name,
                                               "report": report}
             m.forward = types.MethodType(_patched_mixed_forward, m)
+            for pool in m.modules():
+                if type(pool) is nn.AvgPool2d:
+                    pool.__class__ = AvgPool2d
+                    pool.__dict__["_fastdarts_was_plain"] = True
             report.mixed_ops.append(name)
     for name, m in model.named_modules():
         if getattr(m, "memory", None) in MEMORY_MODES and not isinstance(m, FusedMixedOp):
@@ -157,5 +165,7 @@ def unpatch(model: nn.Module) -> None:
         if "forward" in m.__dict__:
             del m.forward
         m.__dict__.pop("_fastdarts_patch", None)
+        if m.__dict__.pop("_fastdarts_was_plain", False):
+            m.__class__ = nn.AvgPool2d
         if isinstance(m, FusedMixedOp) or hasattr(m, "memory"):
             m.memory = "reference"

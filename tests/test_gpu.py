@@ -32,7 +32,7 @@ def _names(module):
 
 CASES = [  # (op set, stride, C, H, batch): odd sizes, batch 1, and one with many blocks
     ("darts", 1, 5, 9, 3), ("darts", 2, 6, 8, 1), ("s1-reduce1", 2, 4, 7, 2),
-    ("s2", 1, 4, 6, 2), ("s3", 2, 3, 7, 2), ("nb201", 1, 5, 7, 1), ("darts", 1, 16, 32, 8),
+    ("s2", 1, 4, 6, 2), ("s3", 2, 4, 7, 2), ("nb201", 1, 5, 7, 1), ("darts", 1, 16, 32, 8),
 ]
 
 
@@ -44,10 +44,10 @@ CASES = [  # (op set, stride, C, H, batch): odd sizes, batch 1, and one with man
                          ids=[f"{c[0]}-s{c[1]}-C{c[2]}" for c in CASES])
 def test_fp32_on_gpu_within_1e5_of_fp64_original(op_set, stride, C, H, N, layout, backend,
                                                   mode):
-    ref, _ = _pair(op_set, stride, C, "reference", None, torch.float64)
+    ref, fused = _pair(op_set, stride, C, "reference", None, torch.float64)
+    fused = fused.float().cuda()
     x, w = _inputs((N, C, H, H), torch.float64, layout, len(ref._ops))
     want, want_buf = _run(ref, x, w)
-    fused = copy.deepcopy(ref).float().cuda()
     fused.memory, fused.backend = mode, backend
     got, got_buf = _run(fused, x.float().cuda(), w.float().cuda())
     for name, a, b in zip(_names(fused), got, want):

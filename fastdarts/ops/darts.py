@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fastdarts.ops.pooling import AvgPool2d
+
 __all__ = [
     "PRIMITIVES", "OPS", "Zero", "Identity", "ReLUConvBN", "DilConv", "SepConv",
     "FactorizedReduce", "NoiseOp", "POOL_OPS",
@@ -146,7 +148,7 @@ class NoiseOp(nn.Module):
 OPS = {
     "none": lambda C, stride, affine: Zero(stride),
     "noise": lambda C, stride, affine: NoiseOp(stride),
-    "avg_pool_3x3": lambda C, stride, affine: nn.AvgPool2d(
+    "avg_pool_3x3": lambda C, stride, affine: AvgPool2d(
         3, stride=stride, padding=1, count_include_pad=False),
     "max_pool_3x3": lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
     "skip_connect": lambda C, stride, affine: (

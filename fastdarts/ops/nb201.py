@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fastdarts.ops.pooling import AvgPool2d
+
 __all__ = ["PRIMITIVES", "OPS", "ReLUConvBN", "Pooling", "Zero", "FactorizedReduce",
            "ResNetBasicblock"]
 
@@ -39,7 +41,7 @@ class Pooling(nn.Module):
         super().__init__()
         self.preprocess = (None if C_in == C_out else
                            ReLUConvBN(C_in, C_out, 1, 1, 0, 1, affine, track_running_stats))
-        self.op = nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
+        self.op = AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.preprocess is not None:
