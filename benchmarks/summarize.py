@@ -18,12 +18,12 @@ def summarize(path: str) -> str:
              f"device: {machine.get('device')}, driver {machine.get('driver')}, torch "
              f"{machine.get('torch')} (CUDA {machine.get('torch_cuda')}), triton "
              f"{machine.get('triton')}, commit {machine.get('git_commit')}, "
-             f"date {report.get('datetime')}", "",
-             "| group | backend | median (us) | p20-p80 (us) | speed-up vs reference | GB/s | "
-             "peak MiB | energy mJ/call |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"date {report.get('datetime')}"]
     step_groups = {g: r for g, r in groups.items()
                    if r[0]["extra_info"].get("kind") == "supernet_step"}
+    if len(step_groups) < len(groups):
+        lines += ["", "| group | backend | median (us) | p20-p80 (us) | speed-up vs reference | "
+                  "GB/s | peak MiB | energy mJ/call |", "|---|---|---|---|---|---|---|---|"]
     for group in sorted(groups):
         if group in step_groups:
             continue
@@ -39,20 +39,28 @@ def summarize(path: str) -> str:
                 f"{e['GB_per_s']:.1f} | {e.get('peak_MiB', float('nan')):.1f} | "
                 f"{'' if energy is None else f'{energy:.2f}'} |")
     if step_groups:
-        lines += ["", "| supernet | mode | batch | step (s) | time vs reference | saved MiB/image | "
-                  "saved vs reference | peak MiB | peak vs reference | BN updates/BN | "
-                  "energy mJ/step |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| supernet | mode | backend | batch | step (s) | time vs reference | "
+                  "saved MiB/image | saved vs reference | peak MiB | peak vs reference | "
+                  "BN updates/BN | energy mJ/step |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for group in sorted(step_groups):
             rows = step_groups[group]
-            ref = next(b["extra_info"] for b in rows if b["extra_info"]["mode"] == "reference")
+            # a run of only some modes (-k) has no reference row: ratios are left blank
+            ref = next((b["extra_info"] for b in rows if b["extra_info"]["mode"] == "reference"),
+                       None)
+
+            def ratio(fmt, key_ref, key, e, ref=ref):
+                return "" if ref is None else fmt(ref[key_ref], e[key])
             for b in rows:
                 e = b["extra_info"]
                 energy = e.get("energy_mJ_per_step")
                 lines.append(
-                    f"| {e['space']} | {e['mode']} | {e['batch']} | {e['median_s']:.3f} | "
-                    f"{e['median_s'] / ref['median_s']:.2f}x | {e['saved_MiB_per_image']:.2f} | "
-                    f"1/{ref['saved_MiB_per_image'] / e['saved_MiB_per_image']:.1f} | "
-                    f"{e['peak_MiB']:.1f} | 1/{ref['peak_MiB'] / max(e['peak_MiB'], 1e-9):.1f} | "
+                    f"| {e['space']} | {e['mode']} | {e.get('backend', 'auto')} | {e['batch']} | "
+                    f"{e['median_s']:.3f} | "
+                    f"{ratio(lambda r, v: f'{v / r:.2f}x', 'median_s', 'median_s', e)} | "
+                    f"{e['saved_MiB_per_image']:.2f} | "
+                    f"{ratio(lambda r, v: f'1/{r / v:.1f}', 'saved_MiB_per_image', 'saved_MiB_per_image', e)} | "
+                    f"{e['peak_MiB']:.1f} | "
+                    f"{ratio(lambda r, v: f'1/{r / max(v, 1e-9):.1f}', 'peak_MiB', 'peak_MiB', e)} | "
                     f"{e['bn_batches_tracked_per_bn']:.2f} (of {e['probe_steps']} steps) | "
                     f"{'' if energy is None else f'{energy:.0f}'} |")
     return "\n".join(lines) + "\n"
