@@ -41,14 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--init-channels", type=_positive_int, default=None)
     s.add_argument("--layers", type=_positive_int, default=None,
                    help="cells (DARTS spaces) or cells per stage (nb201)")
-    s.add_argument("--lr", type=float, default=None, help="weight learning rate [0.025]")
-    s.add_argument("--lr-min", type=float, default=None, help="cosine floor [0.001]")
+    s.add_argument("--lr", type=float, default=None, help="weight learning rate [0.025; pcdarts 0.1]")
+    s.add_argument("--lr-min", type=float, default=None, help="cosine floor [0.001; pcdarts 0]")
     s.add_argument("--momentum", type=float, default=None)
     s.add_argument("--weight-decay", type=float, default=None)
     s.add_argument("--grad-clip", type=float, default=None)
     s.add_argument("--arch-lr", type=float, default=None)
     s.add_argument("--arch-weight-decay", type=float, default=None)
-    s.add_argument("--arch-warmup-epochs", type=int, default=None)
+    s.add_argument("--arch-warmup-epochs", type=int, default=None,
+                   help="epochs before architecture updates start [0; pcdarts 15 of 50, "
+                        "scaled to --epochs]")
     s.add_argument("--seed", type=int, default=None, help="[2, as DARTS]")
     s.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... [auto]")
     s.add_argument("--no-channels-last", action="store_true", default=None,
@@ -58,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--memory", choices=("low", "fast", "reference"), default=None,
                    help="mixed-op memory mode: low (recompute cells, least memory), fast "
                         "(fused, no recompute) or reference (plain PyTorch) [low]")
+    s.add_argument("--partial-k", type=_positive_int, default=None,
+                   help="channel partitions K of the partial-channel edges (PC-DARTS; "
+                        "[4 with --algo pcdarts])")
     s.add_argument("--no-progress", action="store_true", default=None,
                    help="no progress bar (epoch lines are still printed)")
     s.add_argument("--resume", action="store_true",

@@ -188,18 +188,20 @@ class _NodewiseCellFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, cell, s0, s1, weights, *params):
+    def forward(ctx, cell, s0, s1, weights, edge_weights, *params):
         ctx.cell = cell
         ctx.autocast = AutocastState(s0.device.type)
+        ctx.has_edge_weights = edge_weights is not None
         with torch.no_grad():
-            out = cell._forward(s0, s1, weights)
-        ctx.save_for_backward(s0, s1, weights, out)
+            out = cell._forward(s0, s1, weights, edge_weights)
+        ctx.save_for_backward(s0, s1, weights, out,
+                              *([edge_weights] if edge_weights is not None else []))
         return out
 
     @staticmethod
     def backward(ctx, g):
         cell = ctx.cell
-        s0, s1, weights, out = ctx.saved_tensors
+        s0, s1, weights, out, *edge_weights = ctx.saved_tensors
         need = ctx.needs_input_grad
         steps = cell._steps
         params = [p for p in listed_parameters(cell) if p.requires_grad]
@@ -215,24 +217,27 @@ class _NodewiseCellFunction(torch.autograd.Function):
             a1 = s1.detach().requires_grad_(need[2])
             pre = [cell.preprocess0(a0), cell.preprocess1(a1)]
             w = weights.detach().requires_grad_(need[3])
+            e = edge_weights[0].detach().requires_grad_(need[4]) if edge_weights else None
+            arch = [t for t in (w, e) if t is not None and t.requires_grad]
             nodes = out.detach().chunk(steps, dim=1)
             states = [t.detach().requires_grad_() for t in (*pre, *nodes)]
             g_states: list = [None, None, *g.chunk(steps, dim=1)]
-            g_w = None
+            g_arch: list = [None] * len(arch)
             offsets = [sum(2 + j for j in range(i)) for i in range(steps)]
             for i in reversed(range(steps)):
                 n, off = 2 + i, offsets[i]
                 edges = [cell._ops[off + j] for j in range(n)]
-                node = sum(e(states[j], w[off + j]) for j, e in enumerate(edges))
-                eparams = [q for e in edges for q in listed_parameters(e) if q.requires_grad]
-                ins = states[:n] + ([w] if w.requires_grad else []) + eparams
+                node = cell._node(i, states[:n], w, e)
+                eparams = [q for ed in edges for q in listed_parameters(ed) if q.requires_grad]
+                ins = states[:n] + arch + eparams
                 got = list(torch.autograd.grad(node, ins, g_states[2 + i], allow_unused=True))
                 for j in range(n):
                     if got[j] is not None:
                         g_states[j] = got[j] if g_states[j] is None else g_states[j] + got[j]
-                if w.requires_grad and got[n] is not None:
-                    g_w = got[n] if g_w is None else g_w + got[n]
-                collect(zip(eparams, got[n + w.requires_grad:]))
+                for a, ga in enumerate(got[n:n + len(arch)]):
+                    if ga is not None:
+                        g_arch[a] = ga if g_arch[a] is None else g_arch[a] + ga
+                collect(zip(eparams, got[n + len(arch):]))
                 del node, got
             pre_params = [q for m in (cell.preprocess0, cell.preprocess1)
                           for q in listed_parameters(m) if q.requires_grad]
@@ -242,25 +247,33 @@ class _NodewiseCellFunction(torch.autograd.Function):
         d0 = next(got) if a0.requires_grad else None
         d1 = next(got) if a1.requires_grad else None
         collect(zip(pre_params, got))
-        return (None, d0, d1, g_w, *[grads[id(p)] for p in params])
+        g_arch_it = iter(g_arch)
+        g_w = next(g_arch_it) if w.requires_grad else None
+        g_e = next(g_arch_it) if e is not None and e.requires_grad else None
+        return (None, d0, d1, g_w, g_e, *[grads[id(p)] for p in params])
 
 
-def recompute_darts_cell(cell: nn.Module, s0, s1, weights):
-    """`cell(s0, s1, weights)` keeping only its inputs and output, backpropagated node by
-    node (`_NodewiseCellFunction`). `cell` is a DARTS cell: `preprocess0/1`, `_ops` in node
-    order, `_steps == _multiplier` and `_forward(s0, s1, weights)`. Cells that draw random
-    numbers (S4 noise) use the whole-cell `recompute`, whose replay needs the forward order.
+def recompute_darts_cell(cell: nn.Module, s0, s1, weights, edge_weights=None):
+    """`cell(s0, s1, weights[, edge_weights])` keeping only its inputs and output,
+    backpropagated node by node (`_NodewiseCellFunction`). `cell` is a DARTS cell:
+    `preprocess0/1`, `_ops` in node order, `_steps == _multiplier`,
+    `_forward(s0, s1, weights, edge_weights)` and `_node(i, states, weights, edge_weights)`
+    (node i from its input states; PC-DARTS's edge normalisation scales each edge by its
+    entry of `edge_weights`). Cells that draw random numbers (S4 noise) use the whole-cell
+    `recompute`, whose replay needs the forward order.
     """
     uses_rng = cell.__dict__.get("_fastdarts_uses_rng")
     if uses_rng is None:
         uses_rng = cell.__dict__["_fastdarts_uses_rng"] = module_uses_rng(cell)
     if cell._multiplier != cell._steps or uses_rng:
-        return recompute(cell, cell._forward, s0, s1, weights)
+        return recompute(cell, cell._forward, s0, s1, weights, edge_weights)
     params = [p for p in listed_parameters(cell) if p.requires_grad]
+    arch = [t for t in (weights, edge_weights) if t is not None]
     if not torch.is_grad_enabled() or is_recomputing() or not (
-            params or s0.requires_grad or s1.requires_grad or weights.requires_grad):
-        return cell._forward(s0, s1, weights)
-    return _NodewiseCellFunction.apply(cell, s0, s1, weights, *params)
+            params or s0.requires_grad or s1.requires_grad or
+            any(t.requires_grad for t in arch)):
+        return cell._forward(s0, s1, weights, edge_weights)
+    return _NodewiseCellFunction.apply(cell, s0, s1, weights, edge_weights, *params)
 
 
 def _recomputed_forward(self, *args):

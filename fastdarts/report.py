@@ -41,7 +41,8 @@ def plot_arch_weights(history: list[dict], path: str | os.PathLike, title: str =
     """Plot, for every edge of every architecture tensor, each op's mixing weight per epoch.
 
     `history` holds one record per epoch with `weights`: {tensor name: {"edges": [...],
-    "ops": [[...] per edge], "values": [[...] per edge]}}.
+    "ops": [[...] per edge], "values": [[...] per edge]}}, and for PC-DARTS `edge_weights`:
+    {tensor name: [one value per edge]}, drawn dashed on each edge's panel.
     """
     import matplotlib
 
@@ -73,6 +74,10 @@ def plot_arch_weights(history: list[dict], path: str | os.PathLike, title: str =
                 values = [r["weights"][name]["values"][e][k] for r in history]
                 (line,) = ax.plot(epochs, values, label=op, linewidth=1.2)
                 handles.setdefault(op, line)
+            if name in history[-1].get("edge_weights", {}):
+                values = [r["edge_weights"][name][e] for r in history]
+                (line,) = ax.plot(epochs, values, "k--", label="edge weight", linewidth=1.0)
+                handles.setdefault("edge weight", line)
             ax.set_title(f"{name} {meta['edges'][e]}", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.set_ylim(0, 1)

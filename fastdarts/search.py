@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .algorithms import get_algorithm
+from .algorithms import algorithm_class, get_algorithm
 from .algorithms.base import grads_into
 from .checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
 from .data import BatchLoader, InfiniteLoader, SearchData, load_dataset
@@ -58,30 +58,37 @@ class SearchConfig:
     batch_size: int | None = None
     init_channels: int | None = None
     layers: int | None = None
-    lr: float = 0.025
-    lr_min: float = 0.001
+    lr: float | None = None
+    lr_min: float | None = None
     momentum: float = 0.9
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
     arch_lr: float | None = None
     arch_betas: tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = 1e-3
-    arch_warmup_epochs: int = 0
+    arch_warmup_epochs: int | None = None
     seed: int = 2
     device: str = "auto"
     channels_last: bool = True
     deterministic: bool = False
     progress: bool = True
     memory: str = "low"  # mixed-op memory mode: low | fast | reference (fastdarts.mixed)
+    partial_k: int | None = None  # PC-DARTS channel partitions K (None: the method's default)
 
     def resolved(self) -> "SearchConfig":
-        """A copy with every `None` filled from the data-set preset or the DARTS default."""
+        """A copy with every `None` filled from, in this order, the data-set preset, the
+        method's defaults (`SearchAlgorithm.DEFAULTS`) and DARTS's CIFAR defaults."""
         preset = DATASET_PRESETS.get(self.dataset, {})
-        darts_defaults = {"epochs": 50, "batch_size": 64, "arch_lr": 3e-4}
+        method = algorithm_class(self.algo)
+        darts_defaults = {"epochs": 50, "batch_size": 64, "arch_lr": 3e-4, "lr": 0.025,
+                          "lr_min": 0.001}
         values = dataclasses.asdict(self)
-        for key in ("epochs", "batch_size", "init_channels", "layers", "arch_lr"):
+        for key in ("epochs", "batch_size", "init_channels", "layers", "arch_lr", "lr",
+                    "lr_min", "partial_k"):
             if values[key] is None:
-                values[key] = preset.get(key, darts_defaults.get(key))
+                values[key] = preset.get(key, method.DEFAULTS.get(key, darts_defaults.get(key)))
+        if values["arch_warmup_epochs"] is None:
+            values["arch_warmup_epochs"] = method.default_warmup(values["epochs"])
         values["arch_betas"] = tuple(values["arch_betas"])
         cfg = SearchConfig(**values)
         cfg.validate()
@@ -96,7 +103,9 @@ class SearchConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number; got {value}")
-        if self.arch_warmup_epochs < 0:
+        if self.partial_k is not None and self.partial_k < 1:
+            raise ValueError(f"partial_k must be >= 1; got {self.partial_k}")
+        if self.arch_warmup_epochs is not None and self.arch_warmup_epochs < 0:
             raise ValueError(f"arch_warmup_epochs must be >= 0; got {self.arch_warmup_epochs}")
 
     def to_dict(self) -> dict:
@@ -162,6 +171,14 @@ def _weights_record(model: nn.Module, weights) -> dict:
             for name, op_lists, w in zip(names, ops, weights)}
 
 
+def _edge_weights_record(weights) -> dict | None:
+    """PC-DARTS's edge weights per cell type (weights = normal, reduce, e_normal, e_reduce)."""
+    if len(weights) != 4:
+        return None
+    return {name: [round(float(v), 6) for v in e.tolist()]
+            for name, e in zip(("normal", "reduce"), weights[2:])}
+
+
 class _Progress:
     """A tqdm bar over one epoch's steps showing loss, accuracy and images per second."""
 
@@ -223,8 +240,9 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
         data = load_dataset(cfg.dataset, cfg.data_dir)
     algo = get_algorithm(cfg.algo, cfg)
     model = build_supernet(cfg.space, data.spec.num_classes, data.spec.in_channels,
-                           C=cfg.init_channels, layers=cfg.layers,
-                           memory=cfg.memory).to(device)
+                           C=cfg.init_channels, layers=cfg.layers, memory=cfg.memory,
+                           **({} if cfg.partial_k is None else
+                              {"partial_k": cfg.partial_k})).to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     weights_params = model.weight_parameters()
@@ -312,6 +330,9 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
             "genotype": genotype_to_dict(genotype),
             "weights": _weights_record(model, [w.detach().cpu() for w in weights]),
         }
+        edge_weights = _edge_weights_record([w.detach().cpu() for w in weights])
+        if edge_weights is not None:
+            record["edge_weights"] = edge_weights
         history.append(record)
         atomic_save({
             "config": cfg.to_dict(), "epoch": epoch + 1, "model": model.state_dict(),

@@ -119,7 +119,7 @@ class MixedOp(nn.Module):
 
 
 class Cell(nn.Module):
-    def __init__(self, steps, multiplier, C_pp, C_p, C, reduction, reduction_prev, prims):
+    def __init__(self, steps, multiplier, C_pp, C_p, C, reduction, reduction_prev, prims, k=None):
         super().__init__()
         self.reduction = reduction
         self.preprocess0 = (FactorizedReduce(C_pp, C, affine=False) if reduction_prev
@@ -129,22 +129,31 @@ class Cell(nn.Module):
         self._ops = nn.ModuleList()
         for i in range(steps):
             for j in range(2 + i):
-                self._ops.append(MixedOp(C, 2 if reduction and j < 2 else 1, prims))
+                stride = 2 if reduction and j < 2 else 1
+                self._ops.append(MixedOp(C, stride, prims) if k is None
+                                 else PCMixedOp(C, stride, prims, k))
 
-    def forward(self, s0, s1, weights):
+    def forward(self, s0, s1, weights, weights2=None):
         s0, s1 = self.preprocess0(s0), self.preprocess1(s1)
         states, offset = [s0, s1], 0
         for _ in range(self._steps):
-            s = sum(self._ops[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            if weights2 is None:
+                s = sum(self._ops[offset + j](h, weights[offset + j])
+                        for j, h in enumerate(states))
+            else:  # PC-DARTS: each edge scaled by its edge-normalisation weight
+                s = sum(weights2[offset + j] * self._ops[offset + j](h, weights[offset + j])
+                        for j, h in enumerate(states))
             offset += len(states)
             states.append(s)
         return torch.cat(states[-self._multiplier:], dim=1)
 
 
 class Network(nn.Module):
-    def __init__(self, C=4, num_classes=5, layers=3, steps=2, multiplier=2, prims=PRIMS):
+    """The DARTS search network; with `k` the PC-DARTS one (partial channels, betas)."""
+
+    def __init__(self, C=4, num_classes=5, layers=3, steps=2, multiplier=2, prims=PRIMS, k=None):
         super().__init__()
-        self.prims = prims
+        self.prims, self.k, self._steps = prims, k, steps
         C_curr = 3 * C
         self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False),
                                   nn.BatchNorm2d(C_curr))
@@ -156,7 +165,7 @@ class Network(nn.Module):
             if reduction:
                 C_curr *= 2
             self.cells.append(Cell(steps, multiplier, C_pp, C_p, C_curr, reduction,
-                                   reduction_prev, prims))
+                                   reduction_prev, prims, k))
             reduction_prev = reduction
             C_pp, C_p = C_p, multiplier * C_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -165,12 +174,26 @@ class Network(nn.Module):
         # unregistered, as in the original
         self.alphas_normal = (1e-3 * torch.randn(k, len(prims))).requires_grad_()
         self.alphas_reduce = (1e-3 * torch.randn(k, len(prims))).requires_grad_()
+        self.betas_normal = (1e-3 * torch.randn(k)).requires_grad_()
+        self.betas_reduce = (1e-3 * torch.randn(k)).requires_grad_()
+
+    def _edge_weights(self, betas):
+        """PC-DARTS's loop: softmax over [0:2], then over each next node's n = 3, 4, ... edges."""
+        weights2 = F.softmax(betas[0:2], dim=-1)
+        start, n = 2, 3
+        for _ in range(self._steps - 1):
+            end = start + n
+            weights2 = torch.cat([weights2, F.softmax(betas[start:end], dim=-1)], dim=0)
+            start, n = end, n + 1
+        return weights2
 
     def forward(self, x):
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             a = self.alphas_reduce if cell.reduction else self.alphas_normal
-            s0, s1 = s1, cell(s0, s1, F.softmax(a, dim=-1))
+            b = self.betas_reduce if cell.reduction else self.betas_normal
+            e = None if self.k is None else self._edge_weights(b)
+            s0, s1 = s1, cell(s0, s1, F.softmax(a, dim=-1), e)
         return self.classifier(self.global_pooling(s1).flatten(1))
 
 

@@ -145,3 +145,49 @@ def test_cli_darts_search_on_digits_beats_chance(tmp_path, capsys):
     assert result["test_accuracy"] > 50.0  # chance is 10%
     out = capsys.readouterr().out
     assert "genotype: Genotype(normal=" in out
+
+
+def test_pcdarts_defaults_resolve_from_the_method():
+    cfg = SearchConfig(algo="pcdarts", dataset="cifar10").resolved()
+    assert (cfg.partial_k, cfg.lr, cfg.lr_min, cfg.arch_lr, cfg.batch_size,
+            cfg.arch_warmup_epochs) == (4, 0.1, 0.0, 6e-4, 256, 15)
+    short = SearchConfig(algo="pcdarts", dataset="cifar10", epochs=10).resolved()
+    assert short.arch_warmup_epochs == 3  # 15 of 50 epochs, kept as a ratio
+    mine = SearchConfig(algo="pcdarts", dataset="cifar10", partial_k=2, lr=0.05,
+                        arch_warmup_epochs=0).resolved()
+    assert (mine.partial_k, mine.lr, mine.arch_warmup_epochs) == (2, 0.05, 0)
+    darts = SearchConfig(algo="darts", dataset="cifar10").resolved()
+    assert (darts.partial_k, darts.lr, darts.arch_warmup_epochs) == (None, 0.025, 0)
+
+
+def test_pcdarts_warmup_keeps_alphas_and_betas_fixed_then_moves_them(tmp_path):
+    from fastdarts.spaces import build_supernet
+    cfg = tiny_config(tmp_path / "pc", algo="pcdarts", init_channels=8, epochs=2,
+                      arch_warmup_epochs=1)
+    run_search(cfg, data=tiny_data(), log=quiet, stop_after_epochs=1)
+    torch.manual_seed(5)
+    fresh = build_supernet("darts", 10, 3, C=8, layers=3, partial_k=4)
+    ckpt = torch.load(tmp_path / "pc" / "checkpoint.pt", weights_only=False, map_location="cpu")
+    for name in ("alphas_normal", "betas_normal", "betas_reduce"):
+        assert torch.equal(ckpt["model"][name], getattr(fresh, name).detach()), name
+    run_search(cfg, data=tiny_data(), log=quiet, resume=True)
+    ckpt = torch.load(tmp_path / "pc" / "checkpoint.pt", weights_only=False, map_location="cpu")
+    for name in ("alphas_normal", "betas_normal", "betas_reduce"):
+        assert not torch.equal(ckpt["model"][name], getattr(fresh, name).detach()), name
+    record = json.loads((tmp_path / "pc" / "log.jsonl").read_text().splitlines()[-1])
+    e = torch.tensor(record["edge_weights"]["normal"])
+    assert torch.allclose(e[0:2].sum(), torch.tensor(1.0), atol=1e-5)
+    assert torch.allclose(e[9:14].sum(), torch.tensor(1.0), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_cli_pcdarts_search_on_digits_beats_chance(tmp_path, capsys):
+    """A short PC-DARTS search (K=4, edge normalisation, warm-up) through the CLI."""
+    run = tmp_path / "pc"
+    args = ["search", "--algo", "pcdarts", "--run-dir", str(run), "--epochs", "4",
+            "--layers", "3", "--no-progress"]
+    assert cli_main(args) == 0
+    result = json.loads((run / "result.json").read_text())
+    assert result["config"]["partial_k"] == 4 and result["config"]["arch_warmup_epochs"] == 1
+    assert result["test_accuracy"] > 40.0  # chance is 10%
+    assert "genotype: Genotype(normal=" in capsys.readouterr().out

@@ -3,16 +3,21 @@ from __future__ import annotations
 
 from .base import SearchAlgorithm
 from .darts import DARTS
+from .pcdarts import PCDARTS
 
-__all__ = ["ALGORITHMS", "get_algorithm", "SearchAlgorithm", "DARTS"]
+__all__ = ["ALGORITHMS", "get_algorithm", "algorithm_class", "SearchAlgorithm", "DARTS",
+           "PCDARTS"]
 
 #: name -> class; the CLI offers exactly these.
-ALGORITHMS = {cls.name: cls for cls in (DARTS,)}
+ALGORITHMS = {cls.name: cls for cls in (DARTS, PCDARTS)}
+
+
+def algorithm_class(name: str) -> type[SearchAlgorithm]:
+    try:
+        return ALGORITHMS[name]
+    except KeyError:
+        raise ValueError(f"algo must be one of {sorted(ALGORITHMS)}; got {name!r}") from None
 
 
 def get_algorithm(name: str, config) -> SearchAlgorithm:
-    try:
-        cls = ALGORITHMS[name]
-    except KeyError:
-        raise ValueError(f"algo must be one of {sorted(ALGORITHMS)}; got {name!r}") from None
-    return cls(config)
+    return algorithm_class(name)(config)

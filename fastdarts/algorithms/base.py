@@ -28,6 +28,13 @@ class SearchAlgorithm:
     """Base class. Subclasses set `name` and override what differs from DARTS."""
 
     name: str = ""
+    #: config values this method defaults to (below a data-set preset and explicit values)
+    DEFAULTS: dict = {}
+
+    @classmethod
+    def default_warmup(cls, epochs: int) -> int:
+        """Epochs without architecture updates when the config leaves it open."""
+        return 0
 
     def __init__(self, config):
         self.config = config

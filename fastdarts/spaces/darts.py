@@ -20,13 +20,26 @@ from torch import nn
 
 from ..genotypes import DartsGenotype, derive_darts_genotype
 from ..mixed import MixedOp, check_memory
+from ..partial import PartialMixedOp
 from ..ops.darts import PRIMITIVES, FactorizedReduce, ReLUConvBN
 from ..recompute import recompute_darts_cell
 
-__all__ = ["MixedOp", "Cell", "DartsSupernet", "SPACE_OPS", "space_edge_ops", "NUM_EDGES"]
+__all__ = ["MixedOp", "Cell", "DartsSupernet", "SPACE_OPS", "space_edge_ops", "NUM_EDGES",
+           "NODE_EDGES", "edge_normalised"]
 
 STEPS = 4
 NUM_EDGES = sum(2 + i for i in range(STEPS))  # 14
+#: The alpha rows of each node's incoming edges: [0:2], [2:5], [5:9], [9:14].
+NODE_EDGES = [(sum(2 + j for j in range(i)), sum(2 + j for j in range(i + 1)))
+              for i in range(STEPS)]
+
+
+def edge_normalised(betas: torch.Tensor) -> torch.Tensor:
+    """PC-DARTS's edge normalisation: a softmax over each node's incoming edges (14,)."""
+    if betas.shape[-1] != NUM_EDGES:
+        raise ValueError(f"betas must have {NUM_EDGES} entries (one per edge); got "
+                         f"{tuple(betas.shape)}")
+    return torch.cat([F.softmax(betas[..., a:b], dim=-1) for a, b in NODE_EDGES], dim=-1)
 
 # RobustDARTS S1 (ALGORITHMS.md §1.3): two ops per edge, separate lists per cell type.
 _S1_NORMAL = [
@@ -78,12 +91,13 @@ class Cell(nn.Module):
 
     With `memory="low"` the cell keeps only its inputs and output for backward and is
     recomputed there node by node (`fastdarts.recompute.recompute_darts_cell`), its edges
-    running through the fused kernels.
+    running through the fused kernels. With `partial_k` the edges are PC-DARTS partial-channel
+    edges (`fastdarts.PartialMixedOp`) and `forward` takes PC-DARTS's edge weights.
     """
 
     def __init__(self, steps: int, multiplier: int, C_prev_prev: int, C_prev: int, C: int,
                  reduction: bool, reduction_prev: bool, edge_ops: Sequence[Sequence[str]],
-                 affine: bool = False, memory: str = "low"):
+                 affine: bool = False, memory: str = "low", partial_k: int | None = None):
         super().__init__()
         self.reduction = reduction
         self.memory = check_memory(memory)
@@ -99,22 +113,34 @@ class Cell(nn.Module):
         for i in range(steps):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
-                self._ops.append(MixedOp(C, stride, edge_ops[edge], memory=memory,
-                                         affine=affine))
+                if partial_k is None:
+                    op = MixedOp(C, stride, edge_ops[edge], memory=memory, affine=affine)
+                else:
+                    op = PartialMixedOp(C, stride, partial_k, edge_ops[edge], memory=memory,
+                                        affine=affine)
+                self._ops.append(op)
                 edge += 1
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
+                edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """`weights`: (14, n_ops) mixing weights; `edge_weights`: (14,) PC-DARTS edge weights
+        (softmax per node, `edge_normalised`), None for plain DARTS."""
         if self.memory == "low":
-            return recompute_darts_cell(self, s0, s1, weights)
-        return self._forward(s0, s1, weights)
+            return recompute_darts_cell(self, s0, s1, weights, edge_weights)
+        return self._forward(s0, s1, weights, edge_weights)
 
-    def _forward(self, s0, s1, weights):
+    def _node(self, i: int, states, weights, edge_weights=None):
+        """Node i from the states before it: sum over its incoming edges."""
+        first = NODE_EDGES[i][0]
+        if edge_weights is None:
+            return sum(self._ops[first + j](h, weights[first + j]) for j, h in enumerate(states))
+        return sum(edge_weights[first + j] * self._ops[first + j](h, weights[first + j])
+                   for j, h in enumerate(states))
+
+    def _forward(self, s0, s1, weights, edge_weights=None):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        offset = 0
-        for _ in range(self._steps):
-            s = sum(self._ops[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
-            offset += len(states)
-            states.append(s)
+        for i in range(self._steps):
+            states.append(self._node(i, states, weights, edge_weights))
         return torch.cat(states[-self._multiplier:], dim=1)
 
 
@@ -132,12 +158,16 @@ class DartsSupernet(nn.Module):
         primitives: override the op list of every edge (e.g. DrNAS's 7 ops without `none`).
         memory: `low` (cells recomputed, fused edges), `fast` (fused edges keeping their
             bodies' graphs) or `reference` (the original plain-PyTorch edges).
+        partial_k: PC-DARTS (ALGORITHMS.md §2.2): every edge is a partial-channel edge with K
+            = partial_k (4 on CIFAR, 2 on ImageNet), and the supernet has edge-normalisation
+            betas (`betas_normal`, `betas_reduce`, 14 each) next to the alphas.
     """
 
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8,
                  space: str = "darts", stem: str = "cifar", in_channels: int = 3,
                  steps: int = STEPS, multiplier: int = 4, stem_multiplier: int = 3,
-                 primitives: Sequence[str] | None = None, memory: str = "low"):
+                 primitives: Sequence[str] | None = None, memory: str = "low",
+                 partial_k: int | None = None):
         super().__init__()
         self.memory = check_memory(memory)
         if steps != STEPS:
@@ -149,6 +179,7 @@ class DartsSupernet(nn.Module):
         self.space, self.stem_type = space, stem
         self._C, self._num_classes, self._layers = C, num_classes, layers
         self._steps, self._multiplier = steps, multiplier
+        self.partial_k = partial_k
         if primitives is not None:
             normal_ops = reduce_ops = [tuple(primitives)] * NUM_EDGES
         else:
@@ -185,7 +216,7 @@ class DartsSupernet(nn.Module):
                 C_curr *= 2
             cell = Cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction,
                         reduction_prev, reduce_ops if reduction else normal_ops,
-                        memory=memory)
+                        memory=memory, partial_k=partial_k)
             self.cells.append(cell)
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
@@ -194,6 +225,9 @@ class DartsSupernet(nn.Module):
 
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(NUM_EDGES, len(normal_ops[0])))
         self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(NUM_EDGES, len(reduce_ops[0])))
+        if partial_k is not None:
+            self.betas_normal = nn.Parameter(1e-3 * torch.randn(NUM_EDGES))
+            self.betas_reduce = nn.Parameter(1e-3 * torch.randn(NUM_EDGES))
         for ops in (*normal_ops, *reduce_ops):
             if len(ops) != len(normal_ops[0]):
                 raise ValueError("every edge of a space must have the same number of ops "
@@ -201,40 +235,70 @@ class DartsSupernet(nn.Module):
 
     # -- parameters --------------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
+        if self.partial_k is not None:
+            return [self.alphas_normal, self.alphas_reduce, self.betas_normal,
+                    self.betas_reduce]
         return [self.alphas_normal, self.alphas_reduce]
 
     def weight_parameters(self) -> list[nn.Parameter]:
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
 
-    def mixing_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The DARTS mixing weights: a softmax over each edge's ops, per cell type."""
-        return F.softmax(self.alphas_normal, dim=-1), F.softmax(self.alphas_reduce, dim=-1)
+    def mixing_weights(self) -> tuple[torch.Tensor, ...]:
+        """The DARTS mixing weights: a softmax over each edge's ops, per cell type; with
+        partial channels also the PC-DARTS edge weights (normal, reduce, e_normal, e_reduce)."""
+        w = (F.softmax(self.alphas_normal, dim=-1), F.softmax(self.alphas_reduce, dim=-1))
+        if self.partial_k is None:
+            return w
+        return w + (edge_normalised(self.betas_normal), edge_normalised(self.betas_reduce))
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor,
-                weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                weights: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         """Logits for images `x` (N, C_in, H, W).
 
         `weights` = (normal, reduce) mixing weights, each (14, n_ops), already normalised;
-        by default `mixing_weights()` (softmax of the alphas).
+        by default `mixing_weights()` (softmax of the alphas). With partial channels, also
+        the edge weights (normal, reduce, e_normal, e_reduce); when left out they are the
+        edge normalisation of the betas.
         """
-        w_normal, w_reduce = self.mixing_weights() if weights is None else weights
+        w_normal, w_reduce, e_normal, e_reduce = self._all_weights(weights)
         if self.stem_type == "cifar":
             s0 = s1 = self.stem(x)
         else:
             s0 = self.stem0(x)
             s1 = self.stem1(s0)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
+            if cell.reduction:
+                s0, s1 = s1, cell(s0, s1, w_reduce, e_reduce)
+            else:
+                s0, s1 = s1, cell(s0, s1, w_normal, e_normal)
         out = self.global_pooling(s1)
         return self.classifier(out.flatten(1))
 
+    def _all_weights(self, weights):
+        """(w_normal, w_reduce, e_normal, e_reduce) from `weights` (2 or 4 tensors or None)."""
+        weights = tuple(self.mixing_weights() if weights is None else weights)
+        if len(weights) == 4:
+            if self.partial_k is None:
+                raise ValueError("weights: edge weights were given, but this supernet has no "
+                                 "edge normalisation (partial_k=None)")
+            return weights
+        if len(weights) != 2:
+            raise ValueError(f"weights must be (normal, reduce) or (normal, reduce, "
+                             f"edge_normal, edge_reduce); got {len(weights)} tensors")
+        if self.partial_k is None:
+            return (*weights, None, None)
+        return (*weights, edge_normalised(self.betas_normal), edge_normalised(self.betas_reduce))
+
     # -- derivation --------------------------------------------------------------------------
-    def genotype(self, weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> DartsGenotype:
-        """The DARTS-rule genotype (top-2 edges per node excluding `none`, argmax op)."""
+    def genotype(self, weights: tuple[torch.Tensor, ...] | None = None) -> DartsGenotype:
+        """The DARTS-rule genotype (top-2 edges per node excluding `none`, argmax op). With
+        edge normalisation (PC-DARTS) each op weight is scaled by its edge weight first."""
         with torch.no_grad():
-            w_normal, w_reduce = self.mixing_weights() if weights is None else weights
+            w_normal, w_reduce, e_normal, e_reduce = self._all_weights(weights)
+            if e_normal is not None:
+                w_normal, w_reduce = w_normal * e_normal[:, None], w_reduce * e_reduce[:, None]
         return derive_darts_genotype(w_normal, w_reduce, self.normal_ops, self.reduce_ops,
                                      steps=self._steps, multiplier=self._multiplier)
 
