@@ -8,12 +8,14 @@
 #include <string>
 
 #include "mixed_op.h"
+#include "partial_channel.h"
 #include "weighted_sum.h"
 #ifdef FASTDARTS_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include "mixed_op.cuh"
+#include "partial_channel.cuh"
 #include "weighted_sum.cuh"
 #endif
 
@@ -328,6 +330,134 @@ at::Tensor bn_grad_input(const at::Tensor& g, const at::Tensor& z, const at::Ten
   return dz;
 }
 
+// ---------------------------------------------------------------------------------------
+// Partial-channel combine (partial_channel.h): any strides; x, m, out and g share dtype and
+// device; beta is a 0-dim tensor in the accumulation dtype or absent (1).
+
+struct PartialCall {
+  const char* fn;
+  const at::Tensor& x;
+  PartialChannelParams p{};
+
+  PartialCall(const char* fn_, const at::Tensor& x_, const OptTensor& beta, int64_t K,
+              int64_t stride)
+      : fn(fn_), x(x_) {
+    FD_CHECK_ARG(x.dim() == 4, fn, "x", "must be 4-D (N, C, H, W); got shape ", shape_str(x));
+    p.dtype = to_dtype(x, fn, "x");
+    if (x.is_cuda()) {
+      FD_CHECK_ARG(p.dtype != DType::kFloat64, fn, "x", "float64 is not supported on CUDA");
+    } else {
+      FD_CHECK_ARG(p.dtype == DType::kFloat32 || p.dtype == DType::kFloat64, fn, "x",
+                   "must be float32 or float64 on the CPU; got ",
+                   c10::toString(x.scalar_type()));
+    }
+    FD_CHECK_ARG(K >= 2, fn, "K", "must be >= 2 (K = 1 has no bypass); got ", K);
+    FD_CHECK_ARG(x.size(1) % K == 0, fn, "K", "must divide the channels (", x.size(1),
+                 "); got ", K);
+    FD_CHECK_ARG(stride == 1 || stride == 2, fn, "stride", "must be 1 or 2; got ", stride);
+    p.N = x.size(0);
+    p.C = x.size(1);
+    p.K = K;
+    p.P = p.C / K;
+    p.stride = stride;
+    p.Hx = x.size(2);
+    p.Wx = x.size(3);
+    p.H = stride == 1 ? p.Hx : p.Hx / 2;
+    p.W = stride == 1 ? p.Wx : p.Wx / 2;
+    for (int d = 0; d < 4; ++d) p.sx[d] = x.stride(d);
+    p.x = x.data_ptr();
+    if (beta.has_value() && beta->defined()) {
+      const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+      FD_CHECK_ARG(beta->numel() == 1, fn, "beta", "must hold one value; got shape ",
+                   shape_str(*beta));
+      FD_CHECK_ARG(beta->scalar_type() == acc, fn, "beta", "must be ", c10::toString(acc),
+                   "; got ", c10::toString(beta->scalar_type()));
+      FD_CHECK_ARG(beta->device() == x.device(), fn, "beta", "must be on ", x.device().str(),
+                   "; got ", beta->device().str());
+      p.beta = beta->data_ptr();
+    }
+  }
+
+  // A (N, channels, H, W) activation on x's device and dtype; fills `strides`.
+  void* activation(const at::Tensor& t, const char* name, int64_t channels, int64_t* strides) {
+    FD_CHECK_ARG(t.dim() == 4 && t.size(0) == p.N && t.size(1) == channels &&
+                     t.size(2) == p.H && t.size(3) == p.W,
+                 fn, name, "must have shape [", p.N, ", ", channels, ", ", p.H, ", ", p.W,
+                 "]; got ", shape_str(t));
+    FD_CHECK_ARG(t.device() == x.device(), fn, name, "must be on ", x.device().str(), "; got ",
+                 t.device().str());
+    FD_CHECK_ARG(t.scalar_type() == x.scalar_type(), fn, name, "must have x's dtype ",
+                 c10::toString(x.scalar_type()), "; got ", c10::toString(t.scalar_type()));
+    for (int d = 0; d < 4; ++d) strides[d] = t.stride(d);
+    return t.data_ptr();
+  }
+
+  template <typename Cpu, typename Cuda>
+  void run(Cpu cpu, Cuda cuda) {
+    if (x.is_cuda()) {
+#ifdef FASTDARTS_WITH_CUDA
+      const c10::cuda::CUDAGuard guard(x.device());
+      const cudaError_t err = cuda(p, c10::cuda::getCurrentCUDAStream());
+      TORCH_CHECK(err == cudaSuccess, fn, ": ", cudaGetErrorString(err));
+#else
+      (void)cuda;
+      TORCH_CHECK(false, fn, ": fastdarts._C was built without CUDA");
+#endif
+    } else {
+      cpu(p);
+    }
+  }
+};
+
+at::Tensor partial_combine_fwd(const OptTensor& out, const at::Tensor& m, const at::Tensor& x,
+                               const OptTensor& beta, int64_t K, int64_t stride,
+                               bool accumulate) {
+  PartialCall call("partial_combine_fwd", x, beta, K, stride);
+  call.p.m = call.activation(m, "m", call.p.P, call.p.sm);
+  at::Tensor result;
+  if (out.has_value() && out->defined()) {
+    result = *out;
+  } else {
+    FD_CHECK_ARG(!accumulate, call.fn, "out", "must be given to accumulate into");
+    result = at::empty({call.p.N, call.p.C, call.p.H, call.p.W},
+                       m.options().memory_format(m.suggest_memory_format()));
+  }
+  call.p.out = call.activation(result, "out", call.p.C, call.p.so);
+  call.p.channels_last = result.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+                         !result.is_contiguous();
+  call.p.accumulate = accumulate;
+  call.run(partial_combine_fwd_cpu, FD_CUDA_LAUNCHER(launch_partial_combine_fwd));
+  return result;
+}
+
+std::vector<at::Tensor> partial_combine_bwd(const at::Tensor& g, const at::Tensor& x,
+                                            const OptTensor& beta, int64_t K, int64_t stride) {
+  PartialCall call("partial_combine_bwd", x, beta, K, stride);
+  call.p.g = call.activation(g, "g", call.p.C, call.p.so);
+  call.p.channels_last = g.is_contiguous(at::MemoryFormat::ChannelsLast) && !g.is_contiguous();
+  const auto fmt = g.suggest_memory_format();
+  at::Tensor g_m = at::empty({call.p.N, call.p.P, call.p.H, call.p.W},
+                             g.options().memory_format(fmt));
+  at::Tensor dx = at::zeros_like(x, x.options().memory_format(x.suggest_memory_format()));
+  call.p.g_m = call.activation(g_m, "g_m", call.p.P, call.p.sm);
+  for (int d = 0; d < 4; ++d) call.p.sx[d] = dx.stride(d);
+  FD_CHECK_ARG(dx.strides() == x.strides(), call.fn, "x",
+               "must be dense (NCHW or channels_last contiguous)");
+  call.p.dx = dx.data_ptr();
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t elements = call.p.N * call.p.C * call.p.H * call.p.W;
+#ifdef FASTDARTS_WITH_CUDA
+  call.p.num_blocks = x.is_cuda() ? partial_combine_bwd_blocks(elements) : 64;
+#else
+  call.p.num_blocks = 64;
+#endif
+  (void)elements;
+  at::Tensor partials = at::empty({call.p.num_blocks}, x.options().dtype(acc));
+  call.p.dbeta_partials = partials.data_ptr();
+  call.run(partial_combine_bwd_cpu, FD_CUDA_LAUNCHER(launch_partial_combine_bwd));
+  return {g_m, dx, partials.sum()};
+}
+
 bool with_cuda() {
 #ifdef FASTDARTS_WITH_CUDA
   return true;
@@ -358,5 +488,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("g"), py::arg("z"), py::arg("w"), py::arg("k"), py::arg("mean"),
         py::arg("rstd"), py::arg("gamma"), py::arg("sum_g"), py::arg("sum_gx"),
         py::arg("batch_stats"));
+  m.def("partial_combine_fwd", &fastdarts::partial_combine_fwd,
+        "out (=|+=) shuffle([m, beta * bypass(x)]): PC-DARTS's partial-channel edge output",
+        py::arg("out"), py::arg("m"), py::arg("x"), py::arg("beta"), py::arg("K"),
+        py::arg("stride"), py::arg("accumulate"));
+  m.def("partial_combine_bwd", &fastdarts::partial_combine_bwd,
+        "(g_m, dx, dbeta) of partial_combine_fwd given the node gradient g", py::arg("g"),
+        py::arg("x"), py::arg("beta"), py::arg("K"), py::arg("stride"));
   m.def("with_cuda", &fastdarts::with_cuda, "whether the CUDA kernels were compiled in");
 }

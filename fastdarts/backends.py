@@ -22,7 +22,7 @@ import torch
 
 from . import _ext
 from .reference import (bn_accumulate_ref, bn_grad_input_ref, bn_grad_reduce_ref, bn_stats_ref,
-                        weighted_sum_ref)
+                        partial_combine_bwd_ref, partial_combine_fwd_ref, weighted_sum_ref)
 
 __all__ = ["Backend", "BACKENDS", "select_backend", "backend_report", "ENV_VAR"]
 
@@ -96,6 +96,18 @@ class Backend:
         """-> dz through the BN tail (batch or fixed statistics)."""
         raise NotImplementedError
 
+    # Partial-channel combine (csrc/partial_channel.h). x dense (NCHW or channels_last);
+    # beta a 0-dim tensor in the accumulation dtype or None (1).
+    @staticmethod
+    def partial_combine_fwd(out, m, x, beta, K, stride, accumulate):
+        """-> out (=|+=) shuffle([m, beta * bypass(x)]); a new tensor when out is None."""
+        raise NotImplementedError
+
+    @staticmethod
+    def partial_combine_bwd(g, x, beta, K, stride):
+        """-> (g_m, dx (bypass channels; zero elsewhere), dbeta of the bypass part)."""
+        raise NotImplementedError
+
 
 class ReferenceBackend(Backend):
     NAME = "reference"
@@ -116,6 +128,8 @@ class ReferenceBackend(Backend):
     bn_accumulate = staticmethod(bn_accumulate_ref)
     bn_grad_reduce = staticmethod(bn_grad_reduce_ref)
     bn_grad_input = staticmethod(bn_grad_input_ref)
+    partial_combine_fwd = staticmethod(partial_combine_fwd_ref)
+    partial_combine_bwd = staticmethod(partial_combine_bwd_ref)
 
 
 class CpuBackend(Backend):
@@ -153,6 +167,14 @@ class CpuBackend(Backend):
     @staticmethod
     def bn_grad_input(g, z, w, k, mean, rstd, gamma, sum_g, sum_gx, batch_stats):
         return _ext.C.bn_grad_input(g, z, w, k, mean, rstd, gamma, sum_g, sum_gx, batch_stats)
+
+    @staticmethod
+    def partial_combine_fwd(out, m, x, beta, K, stride, accumulate):
+        return _ext.C.partial_combine_fwd(out, m, x, beta, K, stride, accumulate)
+
+    @staticmethod
+    def partial_combine_bwd(g, x, beta, K, stride):
+        return tuple(_ext.C.partial_combine_bwd(g, x, beta, K, stride))
 
 
 class CudaBackend(CpuBackend):
@@ -222,6 +244,16 @@ class TritonBackend(Backend):
     def bn_grad_input(g, z, w, k, mean, rstd, gamma, sum_g, sum_gx, batch_stats):
         from fastdarts.kernels.mixed_op import bn_grad_input
         return bn_grad_input(g, z, w, k, mean, rstd, gamma, sum_g, sum_gx, batch_stats)
+
+    @staticmethod
+    def partial_combine_fwd(out, m, x, beta, K, stride, accumulate):
+        from fastdarts.kernels.partial_channel import partial_combine_fwd
+        return partial_combine_fwd(out, m, x, beta, K, stride, accumulate)
+
+    @staticmethod
+    def partial_combine_bwd(g, x, beta, K, stride):
+        from fastdarts.kernels.partial_channel import partial_combine_bwd
+        return partial_combine_bwd(g, x, beta, K, stride)
 
 
 BACKENDS: dict[str, type[Backend]] = {

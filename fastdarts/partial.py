@@ -6,10 +6,14 @@ reduction edges. The concatenation [mixed, bypass] is channel-shuffled with K gr
 c goes to position `(c % (C/K)) * K + c // (C/K)`, so the mixed channels land on 0, K, 2K, ...
 
 The mixed part runs through the fused mixed op (`fastdarts.mixed`) in the module's memory
-mode; the bypass, concatenation and shuffle are plain PyTorch for now (the one-pass kernel
-that writes both parts straight into their shuffled positions is DESIGN.md §4's next step).
-Parameters, buffers and `state_dict` keys are the original PC-DARTS MixedOp's (`_ops.<k>`,
-`mp`).
+mode. The partial-channel combine kernels (`partial_combine_fwd/bwd`, csrc/partial_channel.h)
+then write the mixed part and the bypass straight into their shuffled positions of the node
+output, with no cat and no shuffle copy, and, in a PC-DARTS cell (`partial_node`), add every
+incoming edge scaled by its edge-normalisation weight beta into the same buffer. beta scales
+the mixed part through its mixing weights (beta * w: exact, since the mixed op is linear in
+w) and the bypass inside the kernel, whose backward also returns the bypass's part of
+d beta. `memory="reference"` runs the original's cat + shuffle. Parameters, buffers and
+`state_dict` keys are the original PC-DARTS MixedOp's (`_ops.<k>`, `mp`).
 """
 from __future__ import annotations
 
@@ -18,9 +22,10 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .mixed import FusedMixedOp, MixedOp
+from .backends import select_backend
+from .mixed import FusedMixedOp, MixedOp, _as, _format_of
 
-__all__ = ["PartialMixedOp", "channel_shuffle", "shuffle_positions"]
+__all__ = ["PartialMixedOp", "channel_shuffle", "shuffle_positions", "partial_node"]
 
 
 def shuffle_positions(C: int, K: int) -> torch.Tensor:
@@ -44,6 +49,60 @@ def _check_partition(C: int, K: int) -> None:
         raise ValueError(f"k: the channels ({C}) must be divisible by k; got k={K}")
 
 
+class _PartialNodeFunction(torch.autograd.Function):
+    """node = sum_e shuffle([m_e, beta_e * bypass(x_e)]) through the combine kernels.
+
+    Keeps only the edge inputs x_e (and the betas); the mixed outputs m_e are not needed
+    for backward, where the kernel gathers each m_e's gradient from the node gradient."""
+
+    @staticmethod
+    def forward(ctx, be, K, strides, n, *tensors):
+        ms, xs, betas = tensors[:n], tensors[n:2 * n], tensors[2 * n:] or (None,) * n
+        out = None
+        for e, (m, x, beta) in enumerate(zip(ms, xs, betas)):
+            out = be.partial_combine_fwd(out, m, x, beta, K, strides[e], e > 0)
+        ctx.be, ctx.K, ctx.strides, ctx.n = be, K, strides, n
+        ctx.has_betas = len(tensors) > 2 * n
+        ctx.save_for_backward(*xs, *tensors[2 * n:])
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        n = ctx.n
+        xs, betas = ctx.saved_tensors[:n], ctx.saved_tensors[n:] or (None,) * n
+        g = _as(g, _format_of(xs[0]))
+        d_ms, d_xs, d_betas = [], [], []
+        for e, (x, beta) in enumerate(zip(xs, betas)):
+            g_m, dx, dbeta = ctx.be.partial_combine_bwd(g, x, beta, ctx.K, ctx.strides[e])
+            d_ms.append(g_m)
+            d_xs.append(dx)
+            d_betas.append(dbeta.to(beta.dtype) if beta is not None else None)
+        return (None, None, None, None, *d_ms, *d_xs, *(d_betas if ctx.has_betas else ()))
+
+
+def partial_node(edges: Sequence["PartialMixedOp"], xs, weights,
+                 edge_weights: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+    """sum_e edge_weights[e] * edges[e](xs[e], weights[e]): a PC-DARTS node (or, with one
+    edge and no edge weights, one edge) through the fused mixed ops and the combine kernels.
+    `edge_weights` holds 0-dim tensors (the node's slice of the edge normalisation)."""
+    first = edges[0]
+    es = list(edge_weights) if edge_weights is not None else [None] * len(edges)
+    if first.memory == "reference" or first.k == 1:
+        return sum(edge(x, w) if e is None else e * edge(x, w)
+                   for edge, x, w, e in zip(edges, xs, weights, es))
+    fmt = _format_of(xs[0])
+    xs = [_as(x, fmt) for x in xs]
+    ms = []
+    for edge, x, w, e in zip(edges, xs, weights, es):
+        edge._check_input(x)
+        ms.append(edge.mixed(x[:, :edge.C // edge.k], w if e is None else w * e.to(w.dtype)))
+    be = select_backend(xs[0], backend=first.backend)
+    acc = torch.float64 if xs[0].dtype == torch.float64 else torch.float32
+    betas = [] if edge_weights is None else [e.to(acc) for e in es]
+    return _PartialNodeFunction.apply(be, first.k, tuple(edge.stride for edge in edges),
+                                      len(edges), *ms, *xs, *betas)
+
+
 class PartialMixedOp(FusedMixedOp):
     """A PC-DARTS edge: `forward(x, weights)` exactly like PC-DARTS's MixedOp.
 
@@ -65,14 +124,27 @@ class PartialMixedOp(FusedMixedOp):
         self.k = k
         self.C, self.stride = C, stride
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.C:
             raise ValueError(f"PartialMixedOp.forward: argument 'x' must be (N, {self.C}, H, W); "
                              f"got {tuple(x.shape)}")
+        if self.stride == 2 and self.k > 1 and (x.shape[2] % 2 or x.shape[3] % 2):
+            raise ValueError(f"PartialMixedOp.forward: argument 'x' must have an even height and "
+                             f"width on a reduction edge (the bypass is max-pooled 2x2 and the "
+                             f"ops round up); got {tuple(x.shape[2:])}")
+
+    def mixed(self, x_part: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The mixed op over the first C/k channels (fused, in this module's memory mode)."""
+        return super().forward(x_part, weights)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
         if self.k == 1:  # no bypass (the original would max-pool an empty tensor)
-            return super().forward(x, weights)
+            return self.mixed(x, weights)
+        if self.memory != "reference":
+            return partial_node([self], [x], [weights])
         part = self.C // self.k
-        mixed = super().forward(x[:, :part], weights)
+        mixed = self.mixed(x[:, :part], weights)
         bypass = x[:, part:]
         if mixed.shape[2] != x.shape[2]:
             bypass = self.mp(bypass)

@@ -186,3 +186,41 @@ def test_supernet_step_equal_in_all_modes_on_gpu(space, backend, monkeypatch):
             assert _rel(a.cpu(), b.cpu()) <= 2e-4, f"{mode} {name}: {_rel(a.cpu(), b.cpu()):.2e}"
         for a, b in zip(bufs, want[2]):
             assert torch.allclose(a.double(), b.double(), rtol=1e-4, atol=1e-5), mode
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("mode", ["fast", "low"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pc_darts_edge_on_gpu_within_1e5_of_fp64_original(stride, mode, backend):
+    from fastdarts import PartialMixedOp
+    from tests.darts_style_model import PRIMS, PCMixedOp
+    torch.manual_seed(3)
+    theirs = PCMixedOp(16, stride, PRIMS, 4).double()
+    ours = PartialMixedOp(16, stride, 4, memory=mode, backend=backend).cuda()
+    ours.load_state_dict(theirs.state_dict())
+    x, w = _inputs((4, 16, 8, 8), torch.float64, torch.channels_last, len(PRIMS))
+    want, _ = _run(theirs, x, w)
+    got, _ = _run(ours, x.float().cuda(), w.float().cuda())
+    for name, a, b in zip(_names(ours), got, want):
+        assert _rel(a.cpu(), b) <= 1e-5, f"{name}: {_rel(a.cpu(), b):.2e}"
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("mode", ["fast", "low"])
+def test_pc_darts_supernet_step_equal_to_reference_on_gpu(mode, backend, monkeypatch):
+    monkeypatch.setenv("FASTDARTS_BACKEND", backend)
+    torch.manual_seed(0)
+    ref = build_supernet("darts", 10, C=8, layers=5, partial_k=4, memory="reference").cuda()
+    x = torch.randn(4, 3, 16, 16, device="cuda").contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (4,), device="cuda")
+
+    def run(memory):
+        model = copy.deepcopy(ref)
+        for mod in model.modules():
+            if hasattr(mod, "memory"):
+                mod.memory = memory
+        _supernet_step(model, x, y)
+        return [p.grad for p in model.parameters()]
+
+    for a, b in zip(run(mode), run("reference")):
+        assert _rel(a.cpu(), b.cpu()) <= 2e-4

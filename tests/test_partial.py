@@ -65,3 +65,32 @@ def test_named_errors():
     op = PartialMixedOp(8, 1, 2)
     with pytest.raises(ValueError, match="argument 'x'"):
         op(torch.randn(1, 6, 4, 4), torch.ones(8) / 8)
+    with pytest.raises(ValueError, match="even height and width on a reduction edge"):
+        PartialMixedOp(8, 2, 2)(torch.randn(1, 8, 7, 7), torch.ones(8) / 8)
+
+
+@pytest.mark.parametrize("memory", ["fast", "low"])
+@pytest.mark.parametrize("backend", [b for b in ("cpu", "triton", "reference")])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last],
+                         ids=["nchw", "nhwc"])
+def test_fp32_every_backend_within_1e5_of_fp64_pc_darts(memory, backend, layout):
+    from fastdarts.backends import BACKENDS
+    if not BACKENDS[backend].is_available() or "cpu" not in BACKENDS[backend].devices():
+        pytest.skip(f"{backend} cannot run on the CPU here")
+    torch.manual_seed(3)
+    ours = PartialMixedOp(16, 2, 4, memory=memory, backend=backend)
+    theirs = PCMixedOp(16, 2, PRIMS, 4).double()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 16, 6, 6, dtype=torch.float64).contiguous(memory_format=layout)
+    w = torch.softmax(torch.randn(len(PRIMS), dtype=torch.float64), 0)
+    g = torch.randn(2, 16, 3, 3, dtype=torch.float64)
+
+    def run(model, dtype):
+        xr = x.to(dtype).requires_grad_()
+        wr = w.to(dtype).requires_grad_()
+        out = model(xr, wr)
+        return [out] + list(torch.autograd.grad(out, [xr, wr], g.to(dtype)))
+
+    for a, b in zip(run(ours, torch.float32), run(theirs, torch.float64)):
+        err = ((a.double() - b).abs().max() / b.abs().max()).item()
+        assert err <= 1e-5, err

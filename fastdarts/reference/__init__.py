@@ -2,7 +2,9 @@
 backend. Each `<op>_ref` has the signature of the public op."""
 from .mixed_op import (bn_accumulate_ref, bn_grad_input_ref, bn_grad_reduce_ref, bn_stats_ref,
                        mixed_op_ref)
+from .partial_channel import partial_channel_ref, partial_combine_bwd_ref, partial_combine_fwd_ref
 from .weighted_sum import weighted_sum_ref
 
 __all__ = ["weighted_sum_ref", "mixed_op_ref", "bn_stats_ref", "bn_accumulate_ref",
-           "bn_grad_reduce_ref", "bn_grad_input_ref"]
+           "bn_grad_reduce_ref", "bn_grad_input_ref", "partial_channel_ref",
+           "partial_combine_fwd_ref", "partial_combine_bwd_ref"]

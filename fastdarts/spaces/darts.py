@@ -20,7 +20,7 @@ from torch import nn
 
 from ..genotypes import DartsGenotype, derive_darts_genotype
 from ..mixed import MixedOp, check_memory
-from ..partial import PartialMixedOp
+from ..partial import PartialMixedOp, partial_node
 from ..ops.darts import PRIMITIVES, FactorizedReduce, ReLUConvBN
 from ..recompute import recompute_darts_cell
 
@@ -132,6 +132,10 @@ class Cell(nn.Module):
     def _node(self, i: int, states, weights, edge_weights=None):
         """Node i from the states before it: sum over its incoming edges."""
         first = NODE_EDGES[i][0]
+        if isinstance(self._ops[first], PartialMixedOp):
+            n = len(states)
+            return partial_node(self._ops[first:first + n], states, weights[first:first + n],
+                                None if edge_weights is None else edge_weights[first:first + n])
         if edge_weights is None:
             return sum(self._ops[first + j](h, weights[first + j]) for j, h in enumerate(states))
         return sum(edge_weights[first + j] * self._ops[first + j](h, weights[first + j])
