@@ -26,11 +26,13 @@ MODES = ("reference", "checkpoint", "fast", "low")
 
 
 def build(space: str, mode: str, C: int, layers: int | None, device, channels_last: bool,
-          seed: int = 0, stem: str = "cifar", num_classes: int = 10):
+          seed: int = 0, stem: str = "cifar", num_classes: int = 10,
+          partial_k: int | None = None):
     torch.manual_seed(seed)
     memory = "reference" if mode in ("reference", "checkpoint") else mode
+    extra = {} if partial_k is None else {"partial_k": partial_k}
     model = build_supernet(space, num_classes, C=C, layers=layers, memory=memory,
-                           stem=stem).to(device)
+                           stem=stem, **extra).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if mode == "checkpoint":
@@ -96,10 +98,10 @@ def peak_bytes(model, x, y, device) -> int:
 
 
 def measure(space, mode, batch, size, C, layers, device, channels_last, repeats, stem,
-            num_classes):
+            num_classes, partial_k=None):
     device = torch.device(device)
     model = build(space, mode, C, layers, device, channels_last, stem=stem,
-                  num_classes=num_classes)
+                  num_classes=num_classes, partial_k=partial_k)
     g = torch.Generator().manual_seed(1)
     in_ch = 3
     x = torch.randn(batch, in_ch, size, size, generator=g).to(device)
@@ -125,6 +127,7 @@ def measure(space, mode, batch, size, C, layers, device, channels_last, repeats,
               if isinstance(m, torch.nn.BatchNorm2d) and m.num_batches_tracked is not None)
     return {
         "space": space, "mode": mode, "batch": batch, "size": size, "C": C, "layers": layers,
+        "stem": stem, "partial_k": partial_k,
         "device": str(device), "channels_last": channels_last,
         "saved_bytes_per_image": saved / batch, "peak_bytes": peak,
         "step_s_median": sorted(times)[len(times) // 2], "step_s_all": times,
@@ -145,12 +148,14 @@ def main(argv=None):
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--stem", default="cifar")
     ap.add_argument("--num-classes", type=int, default=10)
+    ap.add_argument("--partial-k", type=int, default=None, help="PC-DARTS partitions K")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args(argv)
     print(json.dumps(measure(a.space, a.mode, a.batch, a.size, a.C, a.layers, a.device,
-                             not a.no_channels_last, a.repeats, a.stem, a.num_classes)))
+                             not a.no_channels_last, a.repeats, a.stem, a.num_classes,
+                             a.partial_k)))
 
 
 if __name__ == "__main__":

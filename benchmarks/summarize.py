@@ -41,7 +41,8 @@ def summarize(path: str) -> str:
     if step_groups:
         lines += ["", "| supernet | mode | backend | batch | step (s) | time vs reference | "
                   "saved MiB/image | saved vs reference | peak MiB | peak vs reference | "
-                  "BN updates/BN | energy mJ/step |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "BN updates/BN | energy mJ/step | batch in 80 GiB (projected) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for group in sorted(step_groups):
             rows = step_groups[group]
             # a run of only some modes (-k) has no reference row: ratios are left blank
@@ -62,7 +63,8 @@ def summarize(path: str) -> str:
                     f"{e['peak_MiB']:.1f} | "
                     f"{ratio(lambda r, v: f'1/{r / max(v, 1e-9):.1f}', 'peak_MiB', 'peak_MiB', e)} | "
                     f"{e['bn_batches_tracked_per_bn']:.2f} (of {e['probe_steps']} steps) | "
-                    f"{'' if energy is None else f'{energy:.0f}'} |")
+                    f"{'' if energy is None else f'{energy:.0f}'} | "
+                    f"{e.get('projected_batch_80GiB', '')} |")
     return "\n".join(lines) + "\n"
 
 

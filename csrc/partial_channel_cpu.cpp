@@ -1,8 +1,7 @@
 // C++ CPU twin of the partial-channel combine (formulas in partial_channel.h). Float32 and
 // float64 storage; dbeta accumulates in double over fixed blocks of the element loop, merged
-// in block order: bitwise repeatable whatever the thread count.
-#include <ATen/Parallel.h>
-
+// in block order: bitwise repeatable whatever the OpenMP thread count. No torch headers.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -64,16 +63,15 @@ void fwd(const PartialChannelParams& p) {
   const T* x = static_cast<const T*>(p.x);
   const Acc beta = p.beta ? *static_cast<const Acc*>(p.beta) : Acc(1);
   const int64_t total = p.N * p.C * p.H * p.W;
-  at::parallel_for(0, total, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const Index q = decompose(p, i);
-      const int64_t c = (q.o % p.K) * p.P + q.o / p.K;
-      Acc v = c < p.P ? Acc(m[at4(p.sm, q.n, c, q.h, q.w)])
-                      : beta * Acc(x[bypass_offset(p, x, q.n, c, q.h, q.w)]);
-      const int64_t off = at4(p.so, q.n, q.o, q.h, q.w);
-      out[off] = p.accumulate ? T(Acc(out[off]) + v) : T(v);
-    }
-  });
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < total; ++i) {
+    const Index q = decompose(p, i);
+    const int64_t c = (q.o % p.K) * p.P + q.o / p.K;
+    const Acc v = c < p.P ? Acc(m[at4(p.sm, q.n, c, q.h, q.w)])
+                          : beta * Acc(x[bypass_offset(p, x, q.n, c, q.h, q.w)]);
+    const int64_t off = at4(p.so, q.n, q.o, q.h, q.w);
+    out[off] = p.accumulate ? T(Acc(out[off]) + v) : T(v);
+  }
 }
 
 template <typename T>
@@ -87,25 +85,24 @@ void bwd(const PartialChannelParams& p) {
   const int64_t total = p.N * p.C * p.H * p.W;
   const int64_t block = (total + p.num_blocks - 1) / p.num_blocks;
   std::vector<double> partial(p.num_blocks, 0.0);
-  at::parallel_for(0, p.num_blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      double sum = 0.0;
-      const int64_t end = std::min(total, (b + 1) * block);
-      for (int64_t i = b * block; i < end; ++i) {
-        const Index q = decompose(p, i);
-        const int64_t c = (q.o % p.K) * p.P + q.o / p.K;
-        const T gv = g[at4(p.so, q.n, q.o, q.h, q.w)];
-        if (c < p.P) {
-          g_m[at4(p.sm, q.n, c, q.h, q.w)] = gv;
-        } else {
-          const int64_t src = bypass_offset(p, x, q.n, c, q.h, q.w);
-          dx[src] = T(beta * Acc(gv));
-          sum += double(gv) * double(x[src]);
-        }
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < p.num_blocks; ++b) {
+    double sum = 0.0;
+    const int64_t end = std::min(total, (b + 1) * block);
+    for (int64_t i = b * block; i < end; ++i) {
+      const Index q = decompose(p, i);
+      const int64_t c = (q.o % p.K) * p.P + q.o / p.K;
+      const T gv = g[at4(p.so, q.n, q.o, q.h, q.w)];
+      if (c < p.P) {
+        g_m[at4(p.sm, q.n, c, q.h, q.w)] = gv;
+      } else {
+        const int64_t src = bypass_offset(p, x, q.n, c, q.h, q.w);
+        dx[src] = T(beta * Acc(gv));
+        sum += double(gv) * double(x[src]);
       }
-      partial[b] = sum;
     }
-  });
+    partial[b] = sum;
+  }
   Acc* out = static_cast<Acc*>(p.dbeta_partials);
   for (int64_t b = 0; b < p.num_blocks; ++b) out[b] = Acc(partial[b]);
 }
