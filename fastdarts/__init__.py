@@ -9,11 +9,12 @@ from .patch import PatchReport, patch, unpatch
 from .recompute import recompute
 from .search import SearchConfig, run_search
 from .spaces import DartsSupernet, NB201Supernet, build_supernet
+from .widen import wider
 
 __version__ = "0.1.0"
 
 __all__ = ["MixedOp", "FusedMixedOp", "PartialMixedOp", "MEMORY_MODES", "patch", "unpatch",
-           "PatchReport", "recompute", "build_supernet", "DartsSupernet", "NB201Supernet",
+           "PatchReport", "recompute", "wider", "build_supernet", "DartsSupernet", "NB201Supernet",
            "SearchConfig", "run_search",
            "DartsGenotype", "NB201Genotype", "save_genotype", "load_genotype",
            "nb201_arch_index", "__version__"]

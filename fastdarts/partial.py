@@ -133,6 +133,13 @@ class PartialMixedOp(FusedMixedOp):
                              f"width on a reduction edge (the bypass is max-pooled 2x2 and the "
                              f"ops round up); got {tuple(x.shape[2:])}")
 
+    def wider(self, k: int, optimizer: Optional[torch.optim.Optimizer] = None,
+              generator: Optional[torch.Generator] = None):
+        """Change K to k <= K at run time, widening the ops to C/k channels (DrNAS progressive
+        learning; `fastdarts.wider`, which does this for every edge of a model at once)."""
+        from .widen import wider
+        return wider(self, k, optimizer, generator)
+
     def mixed(self, x_part: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """The mixed op over the first C/k channels (fused, in this module's memory mode)."""
         return super().forward(x_part, weights)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .recompute import AutocastState, frozen_bn_stats, module_uses_rng
+from .recompute import AutocastState, cache_generation, frozen_bn_stats, module_uses_rng
 
 __all__ = ["OpPlan", "Segment", "plan_op", "plan_ops", "plans_of", "run_segments"]
 
@@ -246,7 +246,7 @@ def plan_ops(ops: nn.ModuleList) -> list[OpPlan]:
 
 def plans_of(owner: nn.Module) -> list[OpPlan]:
     """Cached plans of `owner._ops`, rebuilt if the op modules changed (replicas, edits)."""
-    key = tuple(id(m) for m in owner._ops)
+    key = (cache_generation(), *(id(m) for m in owner._ops))
     cached = owner.__dict__.get("_fastdarts_plans")
     if cached is None or cached[0] != key:
         cached = (key, plan_ops(owner._ops))

@@ -166,11 +166,25 @@ def recompute(module: nn.Module, fn: Callable, *args):
                                     *tensors, *params)
 
 
+_CACHE_GENERATION = [0]
+
+
+def invalidate_caches() -> None:
+    """Make every cached parameter list and op plan rebuild on next use: for edits deeper
+    than a module's direct children (`fastdarts.wider` replaces conv and BN parameters)."""
+    _CACHE_GENERATION[0] += 1
+
+
+def cache_generation() -> int:
+    return _CACHE_GENERATION[0]
+
+
 def listed_parameters(module: nn.Module) -> tuple:
     """`tuple(module.parameters())`, cached on the module (walking the module tree on every
     step costs more than the kernels of a small cell); rebuilt when a direct child or the
-    module's own parameters are replaced."""
-    key = (tuple(map(id, module._modules.values())), tuple(map(id, module._parameters.values())))
+    module's own parameters are replaced, or after `invalidate_caches()`."""
+    key = (_CACHE_GENERATION[0], tuple(map(id, module._modules.values())),
+           tuple(map(id, module._parameters.values())))
     cached = module.__dict__.get("_fastdarts_params")
     if cached is None or cached[0] != key:
         cached = module.__dict__["_fastdarts_params"] = (key, tuple(module.parameters()))
