@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--partial-k", type=_positive_int, default=None,
                    help="channel partitions K of the partial-channel edges (PC-DARTS; "
                         "[4 with --algo pcdarts])")
+    s.add_argument("--partial-selection", choices=("first", "sampled"), default=None,
+                   help="channels the partial-channel ops see: the first C/K (the original) or "
+                        "a random permutation's first C/K, drawn per edge and step [first]")
     s.add_argument("--no-progress", action="store_true", default=None,
                    help="no progress bar (epoch lines are still printed)")
     s.add_argument("--resume", action="store_true",

@@ -91,7 +91,7 @@ def partial_node(edges: Sequence["PartialMixedOp"], xs, weights,
         return sum(edge(x, w) if e is None else e * edge(x, w)
                    for edge, x, w, e in zip(edges, xs, weights, es))
     fmt = _format_of(xs[0])
-    xs = [_as(x, fmt) for x in xs]
+    xs = [_as(edge._select(x), fmt) for edge, x in zip(edges, xs)]
     ms = []
     for edge, x, w, e in zip(edges, xs, weights, es):
         edge._check_input(x)
@@ -111,11 +111,18 @@ class PartialMixedOp(FusedMixedOp):
         k: channel partitions K (4 on CIFAR, 2 on ImageNet in PC-DARTS); C % k == 0.
         primitives, memory, affine, backend: as for `fastdarts.MixedOp`; the ops are built
             for C // k channels.
+        selection: ``first`` (the original: the ops see the first C/k channels) or
+            ``sampled`` (in training, every forward draws a random channel permutation on
+            x's device and the ops see its first C/k channels; eval uses the first ones).
+            Sampling draws from torch's RNG, so the cell-level recompute replays it.
     """
 
     def __init__(self, C: int, stride: int, k: int, primitives: Optional[Sequence[str]] = None,
-                 memory: str = "low", affine: bool = False, backend: Optional[str] = None):
+                 memory: str = "low", affine: bool = False, backend: Optional[str] = None,
+                 selection: str = "first"):
         _check_partition(C, k)
+        if selection not in ("first", "sampled"):
+            raise ValueError(f"selection must be 'first' or 'sampled'; got {selection!r}")
         inner = MixedOp(C // k, stride, primitives, memory=memory, affine=affine,
                         backend=backend)
         super().__init__(inner._ops, memory, backend)
@@ -123,6 +130,8 @@ class PartialMixedOp(FusedMixedOp):
         self.mp = nn.MaxPool2d(2, 2)
         self.k = k
         self.C, self.stride = C, stride
+        self.selection = selection
+        self.draws_random_numbers = selection == "sampled"  # read by the recompute
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.C:
@@ -140,6 +149,13 @@ class PartialMixedOp(FusedMixedOp):
         from .widen import wider
         return wider(self, k, optimizer, generator)
 
+    def _select(self, x: torch.Tensor) -> torch.Tensor:
+        """x with its channels in the order the edge uses: as given, or a random
+        permutation (selection='sampled', training)."""
+        if self.selection == "first" or not self.training or self.k == 1:
+            return x
+        return x.index_select(1, torch.randperm(self.C, device=x.device))
+
     def mixed(self, x_part: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """The mixed op over the first C/k channels (fused, in this module's memory mode)."""
         return super().forward(x_part, weights)
@@ -150,6 +166,7 @@ class PartialMixedOp(FusedMixedOp):
             return self.mixed(x, weights)
         if self.memory != "reference":
             return partial_node([self], [x], [weights])
+        x = self._select(x)
         part = self.C // self.k
         mixed = self.mixed(x[:, :part], weights)
         bypass = x[:, part:]

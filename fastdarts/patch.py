@@ -3,7 +3,10 @@
 What it converts, in place:
 
 * every DARTS-style mixed op: a module with an `_ops` ModuleList whose `forward(x, weights)`
-  returns `sum(w * op(x) for w, op in zip(weights, self._ops))`. Its forward is replaced on
+  returns `sum(w * op(x) for w, op in zip(weights, self._ops))`, and every PC-DARTS-style one
+  (an `mp` or an int `k`: the ops see the first C/K channels, the rest are bypassed and the
+  result channel-shuffled; K from `k`, else from the ops' width), whose bypass and shuffle
+  then run in the partial-channel combine kernel. Its forward is replaced on
   the instance by the fused one (`fastdarts.mixed.mixed_forward`); the ops are recognised
   from the modules (`fastdarts.plans.plan_op`), ops it cannot fuse run whole;
 * with `memory="low"`, every DARTS-style cell (a module with `preprocess0`, `preprocess1` and
@@ -29,7 +32,9 @@ import torch
 from torch import nn
 
 from .ops.pooling import AvgPool2d
-from .mixed import MEMORY_MODES, FusedMixedOp, check_memory, mixed_forward
+from .backends import select_backend
+from .mixed import MEMORY_MODES, FusedMixedOp, _as, _format_of, check_memory, mixed_forward
+from .partial import _PartialNodeFunction
 from .plans import plans_of
 from .recompute import RngState, enable_cell_recompute, frozen_bn_stats, module_uses_rng
 
@@ -82,10 +87,40 @@ def _is_cell(m: nn.Module) -> bool:
             and all(_is_mixed_op(op) for op in ops))
 
 
+def _partial_width(m: nn.Module) -> int | None:
+    """Channels the ops of a partial-channel mixed op are built for (C/K)."""
+    for sub in m._ops.modules():
+        if isinstance(sub, nn.BatchNorm2d):
+            return sub.num_features
+        if isinstance(sub, nn.Conv2d):
+            return sub.out_channels
+    return None
+
+
+def _fused(self, state, x, weights, memory):
+    """The fused forward of a patched mixed op; for a PC-DARTS one, the mixed op on the first
+    C/K channels and the partial-channel combine kernel (bypass, shuffle)."""
+    if not state["partial"]:
+        return mixed_forward(self, x, weights, memory, state["backend"])
+    k = getattr(self, "k", None)
+    C = x.shape[1]
+    width = C // k if isinstance(k, int) and k > 0 else state["width"]
+    if width is None or C % width:
+        raise ValueError(f"fastdarts.patch: {state['name']}: cannot tell K from the input's "
+                         f"{C} channels and ops of width {width}")
+    if width == C:
+        return mixed_forward(self, x, weights, memory, state["backend"])
+    x = _as(x, _format_of(x))
+    mixed = mixed_forward(self, x[:, :width], weights, memory, state["backend"])
+    stride = 1 if mixed.shape[2] == x.shape[2] else 2
+    return _PartialNodeFunction.apply(select_backend(x, backend=state["backend"]), C // width,
+                                      (stride,), 1, mixed, x)
+
+
 def _patched_mixed_forward(self, x, weights):
     state = self.__dict__["_fastdarts_patch"]
     if state["verified"] or not torch.is_tensor(x):
-        return mixed_forward(self, x, weights, state["memory"], state["backend"])
+        return _fused(self, state, x, weights, state["memory"])
     return _verify_then_forward(self, state, x, weights)
 
 
@@ -97,7 +132,7 @@ def _verify_then_forward(self, state, x, weights):
         with RngState.restored(rng):
             expected = original(self, x, weights)
         with RngState.restored(rng):
-            got = mixed_forward(self, x, weights, "low", state["backend"])
+            got = _fused(self, state, x, weights, "low")
     state["verified"] = True
     tol = 1e-3 if x.dtype in (torch.float16, torch.bfloat16) else 1e-4
     same = (expected.shape == got.shape and
@@ -110,7 +145,7 @@ def _verify_then_forward(self, state, x, weights):
         warnings.warn(message, RuntimeWarning, stacklevel=3)
         del self.forward
         return original(self, x, weights)
-    return mixed_forward(self, x, weights, state["memory"], state["backend"])
+    return _fused(self, state, x, weights, state["memory"])
 
 
 def patch(model: nn.Module, memory: str = "low", backend: str | None = None,
@@ -127,16 +162,14 @@ def patch(model: nn.Module, memory: str = "low", backend: str | None = None,
             report.mixed_ops.append(name)
             continue
         if _is_mixed_op(m):
-            if _is_partial_channel(m):
-                report.problems.append(
-                    f"{name} ({type(m).__name__}): a partial-channel mixed op; not converted")
-                continue
+            partial = _is_partial_channel(m)
             plans = plans_of(m)
             report.unfused_ops += [f"{name}.{p.label}" for p in plans
                                    if p.kind == "body" and not p.fused]
             m.__dict__["_fastdarts_patch"] = {"memory": memory, "backend": backend,
                                               "verified": not verify, "name": name,
-                                              "report": report}
+                                              "report": report, "partial": partial,
+                                              "width": _partial_width(m) if partial else None}
             m.forward = types.MethodType(_patched_mixed_forward, m)
             for pool in m.modules():
                 if type(pool) is nn.AvgPool2d:

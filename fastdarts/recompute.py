@@ -73,7 +73,7 @@ _RNG_MODULES = (nn.Dropout, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
 def module_uses_rng(module: nn.Module) -> bool:
     """Whether a forward of `module` draws random numbers (dropout, the S4 noise op)."""
     return any(isinstance(m, _RNG_MODULES) or "Noise" in type(m).__name__
-               for m in module.modules())
+               or getattr(m, "draws_random_numbers", False) for m in module.modules())
 
 
 class AutocastState:

@@ -74,6 +74,7 @@ class SearchConfig:
     progress: bool = True
     memory: str = "low"  # mixed-op memory mode: low | fast | reference (fastdarts.mixed)
     partial_k: int | None = None  # PC-DARTS channel partitions K (None: the method's default)
+    partial_selection: str = "first"  # first C/K channels (the original) or sampled per step
 
     def resolved(self) -> "SearchConfig":
         """A copy with every `None` filled from, in this order, the data-set preset, the
@@ -103,6 +104,9 @@ class SearchConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number; got {value}")
+        if self.partial_selection not in ("first", "sampled"):
+            raise ValueError(f"partial_selection must be 'first' or 'sampled'; got "
+                             f"{self.partial_selection!r}")
         if self.partial_k is not None and self.partial_k < 1:
             raise ValueError(f"partial_k must be >= 1; got {self.partial_k}")
         if self.arch_warmup_epochs is not None and self.arch_warmup_epochs < 0:
@@ -242,7 +246,8 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
     model = build_supernet(cfg.space, data.spec.num_classes, data.spec.in_channels,
                            C=cfg.init_channels, layers=cfg.layers, memory=cfg.memory,
                            **({} if cfg.partial_k is None else
-                              {"partial_k": cfg.partial_k})).to(device)
+                              {"partial_k": cfg.partial_k,
+                               "partial_selection": cfg.partial_selection})).to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     weights_params = model.weight_parameters()

@@ -94,3 +94,54 @@ def test_fp32_every_backend_within_1e5_of_fp64_pc_darts(memory, backend, layout)
     for a, b in zip(run(ours, torch.float32), run(theirs, torch.float64)):
         err = ((a.double() - b).abs().max() / b.abs().max()).item()
         assert err <= 1e-5, err
+
+
+@pytest.mark.parametrize("memory", ["reference", "fast", "low"])
+def test_sampled_selection_is_the_original_on_permuted_channels(memory):
+    """selection='sampled': the edge is PC-DARTS's on x's channels in a random order drawn
+    from torch's RNG per forward (train mode); eval mode uses the first channels."""
+    torch.manual_seed(0)
+    ours = PartialMixedOp(12, 1, 4, memory=memory, selection="sampled").double()
+    theirs = PCMixedOp(12, 1, PRIMS, 4).double()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 12, 6, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.softmax(torch.randn(len(PRIMS), dtype=torch.float64), 0)
+    torch.manual_seed(9)
+    out = ours(x, w)
+    torch.manual_seed(9)
+    perm = torch.randperm(12)
+    want = theirs(x.index_select(1, perm), w)
+    torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0],
+                               torch.autograd.grad(want, x, g)[0], rtol=1e-10, atol=1e-12)
+    ours.eval()
+    theirs.eval()
+    torch.testing.assert_close(ours(x, w), theirs(x, w), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="selection must be"):
+        PartialMixedOp(12, 1, 4, selection="random")
+
+
+def test_sampled_selection_supernet_step_equal_in_all_modes():
+    """The low mode's cell recompute replays the channel permutations."""
+    from fastdarts.spaces import build_supernet
+    torch.manual_seed(0)
+    ref = build_supernet("darts", 5, C=8, layers=3, partial_k=4, partial_selection="sampled",
+                         memory="reference").double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    y = torch.tensor([1, 3])
+
+    def run(memory):
+        import copy
+        model = copy.deepcopy(ref)
+        for m in model.modules():
+            if hasattr(m, "memory"):
+                m.memory = memory
+        torch.manual_seed(4)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        return [loss] + list(torch.autograd.grad(loss, list(model.parameters())))
+
+    want = run("reference")
+    for memory in ("fast", "low"):
+        for a, b in zip(run(memory), want):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

@@ -97,7 +97,8 @@ class Cell(nn.Module):
 
     def __init__(self, steps: int, multiplier: int, C_prev_prev: int, C_prev: int, C: int,
                  reduction: bool, reduction_prev: bool, edge_ops: Sequence[Sequence[str]],
-                 affine: bool = False, memory: str = "low", partial_k: int | None = None):
+                 affine: bool = False, memory: str = "low", partial_k: int | None = None,
+                 partial_selection: str = "first"):
         super().__init__()
         self.reduction = reduction
         self.memory = check_memory(memory)
@@ -117,7 +118,7 @@ class Cell(nn.Module):
                     op = MixedOp(C, stride, edge_ops[edge], memory=memory, affine=affine)
                 else:
                     op = PartialMixedOp(C, stride, partial_k, edge_ops[edge], memory=memory,
-                                        affine=affine)
+                                        affine=affine, selection=partial_selection)
                 self._ops.append(op)
                 edge += 1
 
@@ -165,13 +166,15 @@ class DartsSupernet(nn.Module):
         partial_k: PC-DARTS (ALGORITHMS.md §2.2): every edge is a partial-channel edge with K
             = partial_k (4 on CIFAR, 2 on ImageNet), and the supernet has edge-normalisation
             betas (`betas_normal`, `betas_reduce`, 14 each) next to the alphas.
+        partial_selection: `first` (the original's fixed slice) or `sampled` (a random channel
+            permutation per edge and step; `fastdarts.PartialMixedOp`).
     """
 
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8,
                  space: str = "darts", stem: str = "cifar", in_channels: int = 3,
                  steps: int = STEPS, multiplier: int = 4, stem_multiplier: int = 3,
                  primitives: Sequence[str] | None = None, memory: str = "low",
-                 partial_k: int | None = None):
+                 partial_k: int | None = None, partial_selection: str = "first"):
         super().__init__()
         self.memory = check_memory(memory)
         if steps != STEPS:
@@ -220,7 +223,8 @@ class DartsSupernet(nn.Module):
                 C_curr *= 2
             cell = Cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction,
                         reduction_prev, reduce_ops if reduction else normal_ops,
-                        memory=memory, partial_k=partial_k)
+                        memory=memory, partial_k=partial_k,
+                        partial_selection=partial_selection)
             self.cells.append(cell)
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
