@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU lease, one command: build the extension, record the environment, run the tests and
 # the benchmarks, leave logs and results under $OUT (default ./gpu-out).
-#   bash benchmarks/gpu_session.sh COMMIT [build] [tests] [bench-mixed] ...
+#   bash benchmarks/gpu_session.sh COMMIT [build] [tests-gpu] [tests-all] [bench-mixed]
+#        [bench-pcdarts] [a pytest path] ...
 # Stages run in the order given; a failed build stops the rest.
 set -uo pipefail
 COMMIT=${1:?commit}; shift
@@ -29,6 +30,11 @@ for stage in "$@"; do
         python3 benchmarks/summarize.py "$OUT/$STAMP-mixed_op-$b.json" > "$OUT/$STAMP-mixed_op-$b.md"
         cat "$OUT/$STAMP-mixed_op-$b.md"
       done ;;
+    bench-pcdarts)
+      python3 -m pytest -q -p no:cacheprovider benchmarks/bench_pcdarts.py \
+        --benchmark-json="$OUT/$STAMP-pcdarts_imagenet.json" 2>&1 | tail -5
+      python3 benchmarks/summarize.py "$OUT/$STAMP-pcdarts_imagenet.json" \
+        | tee "$OUT/$STAMP-pcdarts_imagenet.md" ;;
     *) python3 -m pytest -q -p no:cacheprovider "$stage" 2>&1 | tail -30 ;;
   esac
 done

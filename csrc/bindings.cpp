@@ -159,6 +159,23 @@ at::ScalarType acc_type(const at::Tensor& z) {
   return z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// Runs the CPU kernel or, for a CUDA tensor `t`, the CUDA launcher on the current stream.
+template <typename Params, typename Cpu, typename Cuda>
+void run_kernel(const char* fn, const at::Tensor& t, const Params& p, Cpu cpu, Cuda cuda) {
+  if (t.is_cuda()) {
+#ifdef FASTDARTS_WITH_CUDA
+    const c10::cuda::CUDAGuard guard(t.device());
+    const cudaError_t err = cuda(p, c10::cuda::getCurrentCUDAStream());
+    TORCH_CHECK(err == cudaSuccess, fn, ": ", cudaGetErrorString(err));
+#else
+    (void)cuda;
+    TORCH_CHECK(false, fn, ": fastdarts._C was built without CUDA");
+#endif
+  } else {
+    cpu(p);
+  }
+}
+
 struct TailCall {
   const char* fn;
   const at::Tensor& z;
@@ -242,20 +259,7 @@ struct TailCall {
 #endif
 
   template <typename Cpu, typename Cuda>
-  void run(Cpu cpu, Cuda cuda) {
-    if (z.is_cuda()) {
-#ifdef FASTDARTS_WITH_CUDA
-      const c10::cuda::CUDAGuard guard(z.device());
-      const cudaError_t err = cuda(p, c10::cuda::getCurrentCUDAStream());
-      TORCH_CHECK(err == cudaSuccess, fn, ": ", cudaGetErrorString(err));
-#else
-      (void)cuda;
-      TORCH_CHECK(false, fn, ": fastdarts._C was built without CUDA");
-#endif
-    } else {
-      cpu(p);
-    }
-  }
+  void run(Cpu cpu, Cuda cuda) { run_kernel(fn, z, p, cpu, cuda); }
 };
 
 #ifdef FASTDARTS_WITH_CUDA
@@ -393,20 +397,7 @@ struct PartialCall {
   }
 
   template <typename Cpu, typename Cuda>
-  void run(Cpu cpu, Cuda cuda) {
-    if (x.is_cuda()) {
-#ifdef FASTDARTS_WITH_CUDA
-      const c10::cuda::CUDAGuard guard(x.device());
-      const cudaError_t err = cuda(p, c10::cuda::getCurrentCUDAStream());
-      TORCH_CHECK(err == cudaSuccess, fn, ": ", cudaGetErrorString(err));
-#else
-      (void)cuda;
-      TORCH_CHECK(false, fn, ": fastdarts._C was built without CUDA");
-#endif
-    } else {
-      cpu(p);
-    }
-  }
+  void run(Cpu cpu, Cuda cuda) { run_kernel(fn, x, p, cpu, cuda); }
 };
 
 at::Tensor partial_combine_fwd(const OptTensor& out, const at::Tensor& m, const at::Tensor& x,

@@ -99,6 +99,15 @@ def _supernet_step(model, x, y):
     return loss
 
 
+def _in_mode(model, memory):
+    """A copy of `model` with every fused module in `memory` mode."""
+    model = copy.deepcopy(model)
+    for mod in model.modules():
+        if hasattr(mod, "memory"):
+            mod.memory = memory
+    return model
+
+
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("mode", ["fast", "low"])
 @pytest.mark.parametrize("space", ["darts", "nb201"])
@@ -169,10 +178,7 @@ def test_supernet_step_equal_in_all_modes_on_gpu(space, backend, monkeypatch):
     y = torch.randint(0, 10, (4,), device="cuda")
 
     def run(mode):
-        model = copy.deepcopy(ref)
-        for mod in model.modules():
-            if hasattr(mod, "memory"):
-                mod.memory = mode
+        model = _in_mode(ref, mode)
         torch.manual_seed(11)  # S4's noise op
         loss = _supernet_step(model, x, y)
         grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in model.parameters()]
@@ -215,10 +221,7 @@ def test_pc_darts_supernet_step_equal_to_reference_on_gpu(mode, backend, monkeyp
     y = torch.randint(0, 10, (4,), device="cuda")
 
     def run(memory):
-        model = copy.deepcopy(ref)
-        for mod in model.modules():
-            if hasattr(mod, "memory"):
-                mod.memory = memory
+        model = _in_mode(ref, memory)
         _supernet_step(model, x, y)
         return [p.grad for p in model.parameters()]
 
