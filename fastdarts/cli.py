@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, resume = _config_from_args(args)
     try:
         run_search(cfg, resume=resume)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
         print(f"fastdarts search: error: {e}", file=sys.stderr)
         return 2
     return 0

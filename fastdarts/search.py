@@ -183,6 +183,23 @@ def _edge_weights_record(weights) -> dict | None:
             for name, e in zip(("normal", "reduce"), weights[2:])}
 
 
+def _check_finite(loss: float, step: str, epoch: int, model: nn.Module) -> None:
+    """Stop with a clear message when a step's loss is NaN or infinite (the value is on the
+    host already, so the check costs nothing); name the architecture tensors that diverged.
+    Checkpoints of the completed epochs are left as they were."""
+    if math.isfinite(loss):
+        return
+    arch = {id(p) for p in model.arch_parameters()}
+    bad = [name for name, p in model.named_parameters()
+           if id(p) in arch and not torch.isfinite(p).all()]
+    where = (f"architecture parameters {', '.join(bad)} are not finite" if bad else
+             "the architecture parameters are finite (the weights or the batch are not)")
+    raise FloatingPointError(
+        f"the {step} step's loss is {loss} in epoch {epoch + 1}; {where}. Lower the learning "
+        f"rates (--lr, --arch-lr) or check the data; --resume restarts from the last "
+        f"completed epoch's checkpoint")
+
+
 class _Progress:
     """A tqdm bar over one epoch's steps showing loss, accuracy and images per second."""
 
@@ -302,7 +319,9 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
                 xv, yv = val_stream.next()
                 out = algo.arch_step(model, (x, y), (_to(xv, device, memory_format),
                                                      yv.to(device)), lr)
-                sums["arch_loss"] += float(out["arch_loss"])
+                arch_loss = float(out["arch_loss"])
+                _check_finite(arch_loss, "architecture", epoch, model)
+                sums["arch_loss"] += arch_loss
                 sums["arch_steps"] += 1
             w_optimizer.zero_grad(set_to_none=True)
             logits = model(x, algo.mixing_weights(model, "weight"))
@@ -310,7 +329,9 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
             grads_into(loss, weights_params)
             nn.utils.clip_grad_norm_(weights_params, cfg.grad_clip)
             w_optimizer.step()
-            sums["loss"] += loss.item() * len(y)
+            loss_value = loss.item()
+            _check_finite(loss_value, "weight", epoch, model)
+            sums["loss"] += loss_value * len(y)
             sums["correct"] += (logits.argmax(1) == y).sum().item()
             sums["count"] += len(y)
             elapsed = time.perf_counter() - epoch_start

@@ -191,3 +191,15 @@ def test_cli_pcdarts_search_on_digits_beats_chance(tmp_path, capsys):
     assert result["config"]["partial_k"] == 4 and result["config"]["arch_warmup_epochs"] == 1
     assert result["test_accuracy"] > 40.0  # chance is 10%
     assert "genotype: Genotype(normal=" in capsys.readouterr().out
+
+
+def test_diverging_search_stops_with_a_clear_error(tmp_path):
+    """A loss that turns NaN stops the search, naming the step, the epoch and whether the
+    architecture parameters diverged; completed epochs keep their checkpoint."""
+    cfg = tiny_config(tmp_path / "nan", epochs=2, lr=1e38, arch_warmup_epochs=1)
+    with pytest.raises(FloatingPointError, match=r"the weight step's loss is nan in epoch 1; "
+                                                 r"the architecture parameters are finite"):
+        run_search(cfg, data=tiny_data(), log=quiet)
+    cfg = tiny_config(tmp_path / "arch", epochs=2, arch_lr=1e38)
+    with pytest.raises(FloatingPointError, match=r"architecture parameters alphas_\w+"):
+        run_search(cfg, data=tiny_data(), log=quiet)
