@@ -429,11 +429,11 @@ std::vector<at::Tensor> partial_combine_bwd(const at::Tensor& g, const at::Tenso
   const auto fmt = g.suggest_memory_format();
   at::Tensor g_m = at::empty({call.p.N, call.p.P, call.p.H, call.p.W},
                              g.options().memory_format(fmt));
-  at::Tensor dx = at::zeros_like(x, x.options().memory_format(x.suggest_memory_format()));
+  // dx is addressed with x's strides (p.sx), so it gets exactly x's strides, size-1 dims too.
+  FD_CHECK_ARG(x.is_non_overlapping_and_dense(), call.fn, "x",
+               "must be dense (e.g. NCHW or channels_last contiguous)");
+  at::Tensor dx = at::empty_strided(x.sizes(), x.strides(), x.options()).zero_();
   call.p.g_m = call.activation(g_m, "g_m", call.p.P, call.p.sm);
-  for (int d = 0; d < 4; ++d) call.p.sx[d] = dx.stride(d);
-  FD_CHECK_ARG(dx.strides() == x.strides(), call.fn, "x",
-               "must be dense (NCHW or channels_last contiguous)");
   call.p.dx = dx.data_ptr();
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const int64_t elements = call.p.N * call.p.C * call.p.H * call.p.W;

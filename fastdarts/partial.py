@@ -90,11 +90,12 @@ def partial_node(edges: Sequence["PartialMixedOp"], xs, weights,
     if first.memory == "reference" or first.k == 1:
         return sum(edge(x, w) if e is None else e * edge(x, w)
                    for edge, x, w, e in zip(edges, xs, weights, es))
+    for edge, x in zip(edges, xs):
+        edge._check_input(x)
     fmt = _format_of(xs[0])
     xs = [_as(edge._select(x), fmt) for edge, x in zip(edges, xs)]
     ms = []
     for edge, x, w, e in zip(edges, xs, weights, es):
-        edge._check_input(x)
         ms.append(edge.mixed(x[:, :edge.C // edge.k], w if e is None else w * e.to(w.dtype)))
     be = select_backend(xs[0], backend=first.backend)
     acc = torch.float64 if xs[0].dtype == torch.float64 else torch.float32

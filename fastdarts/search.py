@@ -196,8 +196,8 @@ def _check_finite(loss: float, step: str, epoch: int, model: nn.Module) -> None:
              "the architecture parameters are finite (the weights or the batch are not)")
     raise FloatingPointError(
         f"the {step} step's loss is {loss} in epoch {epoch + 1}; {where}. Lower the learning "
-        f"rates (--lr, --arch-lr) or check the data; --resume restarts from the last "
-        f"completed epoch's checkpoint")
+        f"rates (--lr, --arch-lr) or check the data; the checkpoint of the last completed "
+        f"epoch is kept")
 
 
 class _Progress:

@@ -122,7 +122,8 @@ def partial_combine_bwd(g, x, beta, K, stride):
     P = C // K
     fmt_g = torch.channels_last if _channels_last(g) else torch.contiguous_format
     g_m = torch.empty((N, P, H, W), device=g.device, dtype=g.dtype, memory_format=fmt_g)
-    dx = torch.zeros_like(x)  # keeps x's strides (dense x: NCHW or channels_last)
+    # addressed with x's strides: the same strides exactly, size-1 dims too
+    dx = torch.empty_strided(x.shape, x.stride(), device=x.device, dtype=x.dtype).zero_()
     total = g.numel()
     programs = triton.cdiv(total, BLOCK)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32

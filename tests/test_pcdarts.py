@@ -103,5 +103,8 @@ def test_named_errors_for_edge_weights():
     w = plain.mixing_weights()
     with pytest.raises(ValueError, match="no edge normalisation"):
         plain(x, (*w, torch.ones(14), torch.ones(14)))
+    no_betas = build_supernet("darts", 10, C=8, layers=3, partial_k=2, edge_normalisation=False)
+    assert len(no_betas.mixing_weights()) == 2 and not hasattr(no_betas, "betas_normal")
+    no_betas(x).sum().backward()  # partial-channel cells without edge weights
     with pytest.raises(ValueError, match="k: the channels"):
         build_supernet("darts", 10, C=6, layers=3, partial_k=4)

@@ -21,8 +21,9 @@ def _count(model):
 
 def test_parameter_counts_of_drnas_stages():
     """ALGORITHMS.md §1.1.9: DrNAS CIFAR stage 1 (C=36, L=20, K=6, 7 ops) and stage 2."""
-    model = build_supernet("darts", 10, C=36, layers=20, primitives=DRNAS_OPS, partial_k=6)
-    assert _count(model) == 2_221_750
+    model = build_supernet("darts", 10, C=36, layers=20, primitives=DRNAS_OPS, partial_k=6,
+                           edge_normalisation=False)  # DrNAS has no betas
+    assert _count(model) == 2_221_750 and len(model.arch_parameters()) == 2
     fastdarts.wider(model, 4)
     assert _count(model) == 2_986_462
     assert all(m.k == 4 for m in model.modules() if isinstance(m, PartialMixedOp))

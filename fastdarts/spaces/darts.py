@@ -168,13 +168,16 @@ class DartsSupernet(nn.Module):
             betas (`betas_normal`, `betas_reduce`, 14 each) next to the alphas.
         partial_selection: `first` (the original's fixed slice) or `sampled` (a random channel
             permutation per edge and step; `fastdarts.PartialMixedOp`).
+        edge_normalisation: with partial_k, whether the supernet has PC-DARTS's betas (default
+            True; DrNAS uses partial channels without them).
     """
 
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8,
                  space: str = "darts", stem: str = "cifar", in_channels: int = 3,
                  steps: int = STEPS, multiplier: int = 4, stem_multiplier: int = 3,
                  primitives: Sequence[str] | None = None, memory: str = "low",
-                 partial_k: int | None = None, partial_selection: str = "first"):
+                 partial_k: int | None = None, partial_selection: str = "first",
+                 edge_normalisation: bool = True):
         super().__init__()
         self.memory = check_memory(memory)
         if steps != STEPS:
@@ -187,6 +190,7 @@ class DartsSupernet(nn.Module):
         self._C, self._num_classes, self._layers = C, num_classes, layers
         self._steps, self._multiplier = steps, multiplier
         self.partial_k = partial_k
+        self.edge_normalisation = partial_k is not None and edge_normalisation
         if primitives is not None:
             normal_ops = reduce_ops = [tuple(primitives)] * NUM_EDGES
         else:
@@ -233,7 +237,7 @@ class DartsSupernet(nn.Module):
 
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(NUM_EDGES, len(normal_ops[0])))
         self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(NUM_EDGES, len(reduce_ops[0])))
-        if partial_k is not None:
+        if self.edge_normalisation:
             self.betas_normal = nn.Parameter(1e-3 * torch.randn(NUM_EDGES))
             self.betas_reduce = nn.Parameter(1e-3 * torch.randn(NUM_EDGES))
         for ops in (*normal_ops, *reduce_ops):
@@ -243,7 +247,7 @@ class DartsSupernet(nn.Module):
 
     # -- parameters --------------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
-        if self.partial_k is not None:
+        if self.edge_normalisation:
             return [self.alphas_normal, self.alphas_reduce, self.betas_normal,
                     self.betas_reduce]
         return [self.alphas_normal, self.alphas_reduce]
@@ -256,7 +260,7 @@ class DartsSupernet(nn.Module):
         """The DARTS mixing weights: a softmax over each edge's ops, per cell type; with
         partial channels also the PC-DARTS edge weights (normal, reduce, e_normal, e_reduce)."""
         w = (F.softmax(self.alphas_normal, dim=-1), F.softmax(self.alphas_reduce, dim=-1))
-        if self.partial_k is None:
+        if not self.edge_normalisation:
             return w
         return w + (edge_normalised(self.betas_normal), edge_normalised(self.betas_reduce))
 
@@ -288,14 +292,14 @@ class DartsSupernet(nn.Module):
         """(w_normal, w_reduce, e_normal, e_reduce) from `weights` (2 or 4 tensors or None)."""
         weights = tuple(self.mixing_weights() if weights is None else weights)
         if len(weights) == 4:
-            if self.partial_k is None:
+            if not self.edge_normalisation:
                 raise ValueError("weights: edge weights were given, but this supernet has no "
-                                 "edge normalisation (partial_k=None)")
+                                 "edge normalisation")
             return weights
         if len(weights) != 2:
             raise ValueError(f"weights must be (normal, reduce) or (normal, reduce, "
                              f"edge_normal, edge_reduce); got {len(weights)} tensors")
-        if self.partial_k is None:
+        if not self.edge_normalisation:
             return (*weights, None, None)
         return (*weights, edge_normalised(self.betas_normal), edge_normalised(self.betas_reduce))
 

@@ -13,6 +13,7 @@ from tests.conftest import backend_device_pairs
 CASES = [  # (N, C, H, W, K, stride)
     (2, 8, 7, 5, 2, 1), (1, 12, 6, 6, 4, 1), (3, 12, 5, 9, 6, 1),
     (2, 8, 8, 6, 4, 2), (1, 12, 7, 9, 6, 2), (2, 6, 10, 4, 2, 2),
+    (1, 8, 2, 2, 4, 2),  # batch 1, 1x1 output: strides of size-1 dims are arbitrary
 ]
 
 
