@@ -25,7 +25,8 @@ from torch import nn
 from .backends import select_backend
 from .mixed import FusedMixedOp, MixedOp, _as, _format_of
 
-__all__ = ["PartialMixedOp", "channel_shuffle", "shuffle_positions", "partial_node"]
+__all__ = ["PartialMixedOp", "channel_shuffle", "shuffle_positions", "partial_node",
+           "partial_combine"]
 
 
 def shuffle_positions(C: int, K: int) -> torch.Tensor:
@@ -97,11 +98,18 @@ def partial_node(edges: Sequence["PartialMixedOp"], xs, weights,
     ms = []
     for edge, x, w, e in zip(edges, xs, weights, es):
         ms.append(edge.mixed(x[:, :edge.C // edge.k], w if e is None else w * e.to(w.dtype)))
-    be = select_backend(xs[0], backend=first.backend)
     acc = torch.float64 if xs[0].dtype == torch.float64 else torch.float32
-    betas = [] if edge_weights is None else [e.to(acc) for e in es]
-    return _PartialNodeFunction.apply(be, first.k, tuple(edge.stride for edge in edges),
-                                      len(edges), *ms, *xs, *betas)
+    betas = None if edge_weights is None else [e.to(acc) for e in es]
+    return partial_combine(ms, xs, first.k, [edge.stride for edge in edges], betas,
+                           first.backend)
+
+
+def partial_combine(ms, xs, K: int, strides, betas=None, backend: Optional[str] = None):
+    """sum_e shuffle([ms[e], betas[e] * bypass(xs[e])]) through the combine kernels (xs dense,
+    one layout; betas 0-dim in the accumulation dtype, or None for 1)."""
+    be = select_backend(xs[0], backend=backend)
+    return _PartialNodeFunction.apply(be, K, tuple(strides), len(xs), *ms, *xs,
+                                      *(betas or ()))
 
 
 class PartialMixedOp(FusedMixedOp):

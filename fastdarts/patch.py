@@ -32,9 +32,8 @@ import torch
 from torch import nn
 
 from .ops.pooling import AvgPool2d
-from .backends import select_backend
 from .mixed import MEMORY_MODES, FusedMixedOp, _as, _format_of, check_memory, mixed_forward
-from .partial import _PartialNodeFunction
+from .partial import partial_combine
 from .plans import plans_of
 from .recompute import RngState, enable_cell_recompute, frozen_bn_stats, module_uses_rng
 
@@ -113,8 +112,7 @@ def _fused(self, state, x, weights, memory):
     x = _as(x, _format_of(x))
     mixed = mixed_forward(self, x[:, :width], weights, memory, state["backend"])
     stride = 1 if mixed.shape[2] == x.shape[2] else 2
-    return _PartialNodeFunction.apply(select_backend(x, backend=state["backend"]), C // width,
-                                      (stride,), 1, mixed, x)
+    return partial_combine([mixed], [x], C // width, [stride], backend=state["backend"])
 
 
 def _patched_mixed_forward(self, x, weights):
