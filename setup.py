@@ -74,7 +74,7 @@ def _extension():
     cxx = ["-O0", "-g"] if debug else ["-O3", "-DNDEBUG"]
     cxx += ["-std=c++17", "-fopenmp"]
     sources = ["csrc/bindings.cpp", "csrc/weighted_sum_cpu.cpp", "csrc/mixed_op_cpu.cpp",
-               "csrc/partial_channel_cpu.cpp"]
+               "csrc/partial_channel_cpu.cpp", "csrc/hvp_cpu.cpp"]
     kwargs = dict(extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
     if with_cuda:
         nvcc = ["-O0", "-g", "-G"] if debug else ["-O3", "-DNDEBUG"]
@@ -86,7 +86,8 @@ def _extension():
         nvcc += ["--threads", os.environ.get("NVCC_THREADS", "4")]
         kwargs["extra_compile_args"]["nvcc"] = nvcc
         kwargs["define_macros"] = [("FASTDARTS_WITH_CUDA", None)]
-        sources += ["csrc/weighted_sum.cu", "csrc/mixed_op.cu", "csrc/partial_channel.cu"]
+        sources += ["csrc/weighted_sum.cu", "csrc/mixed_op.cu", "csrc/partial_channel.cu",
+                    "csrc/hvp.cu"]
         ext = cpp_extension.CUDAExtension("fastdarts._C", sources, **kwargs)
     else:
         ext = cpp_extension.CppExtension("fastdarts._C", sources, **kwargs)

@@ -21,6 +21,11 @@ def summarize(path: str) -> str:
              f"date {report.get('datetime')}"]
     step_groups = {g: r for g, r in groups.items()
                    if r[0]["extra_info"].get("kind") == "supernet_step"}
+    second_order = {g: r for g, r in groups.items()
+                    if r[0]["extra_info"].get("kind") == "second_order_step"}
+    if second_order:
+        lines += _second_order_table(second_order)
+    groups = {g: r for g, r in groups.items() if g not in second_order}
     if len(step_groups) < len(groups):
         lines += ["", "| group | backend | median (us) | p20-p80 (us) | speed-up vs reference | "
                   "GB/s | peak MiB | energy mJ/call |", "|---|---|---|---|---|---|---|---|"]
@@ -66,6 +71,24 @@ def summarize(path: str) -> str:
                     f"{'' if energy is None else f'{energy:.0f}'} | "
                     f"{e.get('projected_batch_80GiB', '')} |")
     return "\n".join(lines) + "\n"
+
+
+def _second_order_table(groups) -> list[str]:
+    lines = ["", "| row | supernet memory mode | batch | step (s) | time vs copy | peak MiB | "
+             "peak vs copy | HVP operations (kernel calls + bookkeeping) | weight tensors |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for group in sorted(groups):
+        infos = [b["extra_info"] for b in groups[group]]
+        ref = next((e for e in infos if e["row"] == "copy"), None)
+        for e in infos:
+            time = "" if ref is None else f"{e['median_s'] / ref['median_s']:.2f}x"
+            peak = "" if ref is None else f"1/{ref['peak_MiB'] / max(e['peak_MiB'], 1e-9):.1f}"
+            lines.append(
+                f"| {e['row']} | {e['mode']} | {e['batch']} | {e['median_s']:.3f} | {time} | "
+                f"{e['peak_MiB']:.1f} | {peak} | {e['hvp_operations']} "
+                f"({e['hvp_kernel_calls']} + {e['bookkeeping_ops']}) | "
+                f"{e['num_weight_tensors']} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@
 // the CUDA launchers.
 #include <torch/extension.h>
 
+#include <cmath>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 
+#include "hvp.h"
 #include "mixed_op.h"
 #include "partial_channel.h"
 #include "weighted_sum.h"
@@ -14,6 +16,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "hvp.cuh"
 #include "mixed_op.cuh"
 #include "partial_channel.cuh"
 #include "weighted_sum.cuh"
@@ -449,6 +452,130 @@ std::vector<at::Tensor> partial_combine_bwd(const at::Tensor& g, const at::Tenso
   return {g_m, dx, partials.sum()};
 }
 
+// ---------------------------------------------------------------------------------------
+// Finite-difference HVP (hvp.h): flat buffers of one dtype and device, each 1-D and
+// contiguous with the same number of elements; the squared norm is a 1-value tensor in the
+// accumulation dtype on the same device.
+
+struct HvpCall {
+  const char* fn;
+  const at::Tensor& ref;  // the buffer that fixes dtype, device and size
+  HvpParams p{};
+
+  HvpCall(const char* fn_, const at::Tensor& ref_, const char* ref_name) : fn(fn_), ref(ref_) {
+    FD_CHECK_ARG(ref.dim() == 1, fn, ref_name, "must be a flat 1-D buffer; got shape ",
+                 shape_str(ref));
+    FD_CHECK_ARG(ref.is_contiguous(), fn, ref_name, "must be contiguous");
+    p.dtype = to_dtype(ref, fn, ref_name);
+    if (ref.is_cuda()) {
+      FD_CHECK_ARG(p.dtype != DType::kFloat64, fn, ref_name, "float64 is not supported on CUDA");
+    } else {
+      FD_CHECK_ARG(p.dtype == DType::kFloat32 || p.dtype == DType::kFloat64, fn, ref_name,
+                   "must be float32 or float64 on the CPU; got ",
+                   c10::toString(ref.scalar_type()));
+    }
+    p.n = ref.numel();
+  }
+
+  at::ScalarType acc() const { return ref.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+  // Another flat buffer like `ref` (null when absent and optional).
+  const void* buffer(const OptTensor& t, const char* name, bool optional = false) const {
+    if (!t.has_value() || !t->defined()) {
+      FD_CHECK_ARG(optional, fn, name, "is required");
+      return nullptr;
+    }
+    FD_CHECK_ARG(t->dim() == 1 && t->numel() == p.n, fn, name, "must have shape [", p.n,
+                 "]; got ", shape_str(*t));
+    FD_CHECK_ARG(t->is_contiguous(), fn, name, "must be contiguous");
+    FD_CHECK_ARG(t->device() == ref.device(), fn, name, "must be on ", ref.device().str(),
+                 "; got ", t->device().str());
+    FD_CHECK_ARG(t->scalar_type() == ref.scalar_type(), fn, name, "must have dtype ",
+                 c10::toString(ref.scalar_type()), "; got ", c10::toString(t->scalar_type()));
+    return t->data_ptr();
+  }
+
+  void squared_norm(const at::Tensor& sq) {
+    FD_CHECK_ARG(sq.numel() == 1, fn, "sq_norm", "must hold one value; got shape ",
+                 shape_str(sq));
+    FD_CHECK_ARG(sq.scalar_type() == acc(), fn, "sq_norm", "must be ", c10::toString(acc()),
+                 "; got ", c10::toString(sq.scalar_type()));
+    FD_CHECK_ARG(sq.device() == ref.device(), fn, "sq_norm", "must be on ",
+                 ref.device().str(), "; got ", sq.device().str());
+    p.sq = sq.data_ptr();
+  }
+
+  void radius(double r) {
+    FD_CHECK_ARG(std::isfinite(r) && r > 0, fn, "r", "must be a positive finite number; got ", r);
+    p.r = r;
+  }
+
+  template <typename Cpu, typename Cuda>
+  void run(Cpu cpu, Cuda cuda) { run_kernel(fn, ref, p, cpu, cuda); }
+};
+
+void hvp_virtual_step(at::Tensor& out, const at::Tensor& w, const at::Tensor& g,
+                      const OptTensor& m, double lr, double momentum, double weight_decay) {
+  HvpCall call("hvp_virtual_step", w, "w");
+  call.p.w = w.data_ptr();
+  call.p.g = call.buffer(g, "g");
+  call.p.m = call.buffer(m, "m", /*optional=*/true);
+  call.p.out = const_cast<void*>(call.buffer(out, "out"));
+  for (double value : {lr, momentum, weight_decay})
+    FD_CHECK_ARG(std::isfinite(value), call.fn, "lr", "momentum and weight_decay must be finite");
+  call.p.lr = lr;
+  call.p.momentum = momentum;
+  call.p.weight_decay = weight_decay;
+  call.run(hvp_virtual_step_cpu, FD_CUDA_LAUNCHER(launch_hvp_virtual_step));
+}
+
+at::Tensor hvp_sq_norm(const at::Tensor& v) {
+  HvpCall call("hvp_sq_norm", v, "v");
+  call.p.v = v.data_ptr();
+  at::Tensor sq = at::empty({1}, v.options().dtype(call.acc()));
+  call.p.sq_out = sq.data_ptr();
+  at::Tensor partials;
+#ifdef FASTDARTS_WITH_CUDA
+  if (v.is_cuda()) {
+    call.p.num_blocks = hvp_sq_norm_blocks(call.p.n);
+    partials = at::empty({call.p.num_blocks}, v.options().dtype(at::kFloat));
+    call.p.partials = partials.data_ptr();
+  }
+#endif
+  call.run(hvp_sq_norm_cpu, FD_CUDA_LAUNCHER(launch_hvp_sq_norm));
+  return sq;
+}
+
+void hvp_perturb(at::Tensor& out, const at::Tensor& w, const at::Tensor& v,
+                 const at::Tensor& sq_norm, double r, double sign) {
+  HvpCall call("hvp_perturb", w, "w");
+  call.p.w = w.data_ptr();
+  call.p.v = call.buffer(v, "v");
+  call.p.out = const_cast<void*>(call.buffer(out, "out"));
+  call.squared_norm(sq_norm);
+  call.radius(r);
+  FD_CHECK_ARG(sign == 1.0 || sign == -1.0, call.fn, "sign", "must be +1 or -1; got ", sign);
+  call.p.sign = sign;
+  call.run(hvp_perturb_cpu, FD_CUDA_LAUNCHER(launch_hvp_perturb));
+}
+
+at::Tensor hvp_combine(const OptTensor& g_val, const at::Tensor& g_plus,
+                       const at::Tensor& g_minus, const at::Tensor& sq_norm, double r,
+                       double scale) {
+  HvpCall call("hvp_combine", g_plus, "g_plus");
+  call.p.g_plus = g_plus.data_ptr();
+  call.p.g_minus = call.buffer(g_minus, "g_minus");
+  call.p.g_val = call.buffer(g_val, "g_val", /*optional=*/true);
+  call.squared_norm(sq_norm);
+  call.radius(r);
+  FD_CHECK_ARG(std::isfinite(scale), call.fn, "scale", "must be finite; got ", scale);
+  call.p.scale = scale;
+  at::Tensor out = at::empty_like(g_plus);
+  call.p.out = out.data_ptr();
+  call.run(hvp_combine_cpu, FD_CUDA_LAUNCHER(launch_hvp_combine));
+  return out;
+}
+
 bool with_cuda() {
 #ifdef FASTDARTS_WITH_CUDA
   return true;
@@ -486,5 +613,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("partial_combine_bwd", &fastdarts::partial_combine_bwd,
         "(g_m, dx, dbeta) of partial_combine_fwd given the node gradient g", py::arg("g"),
         py::arg("x"), py::arg("beta"), py::arg("K"), py::arg("stride"));
+  m.def("hvp_virtual_step", &fastdarts::hvp_virtual_step,
+        "out = w - lr * (momentum * m + g + weight_decay * w): SGD's step, virtually",
+        py::arg("out"), py::arg("w"), py::arg("g"), py::arg("m"), py::arg("lr"),
+        py::arg("momentum"), py::arg("weight_decay"));
+  m.def("hvp_sq_norm", &fastdarts::hvp_sq_norm, "sum v^2 as a 1-value device tensor",
+        py::arg("v"));
+  m.def("hvp_perturb", &fastdarts::hvp_perturb, "out = w + sign * (r / ||v||) * v",
+        py::arg("out"), py::arg("w"), py::arg("v"), py::arg("sq_norm"), py::arg("r"),
+        py::arg("sign"));
+  m.def("hvp_combine", &fastdarts::hvp_combine,
+        "g_val + scale * (g_plus - g_minus) / (2 * r / ||v||)", py::arg("g_val"),
+        py::arg("g_plus"), py::arg("g_minus"), py::arg("sq_norm"), py::arg("r"),
+        py::arg("scale"));
   m.def("with_cuda", &fastdarts::with_cuda, "whether the CUDA kernels were compiled in");
 }

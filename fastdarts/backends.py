@@ -21,7 +21,8 @@ import warnings
 import torch
 
 from . import _ext
-from .reference import (bn_accumulate_ref, bn_grad_input_ref, bn_grad_reduce_ref, bn_stats_ref,
+from .reference import (bn_accumulate_ref, hvp_combine_ref, hvp_perturb_ref, hvp_sq_norm_ref,
+                        hvp_virtual_step_ref, bn_grad_input_ref, bn_grad_reduce_ref, bn_stats_ref,
                         partial_combine_bwd_ref, partial_combine_fwd_ref, weighted_sum_ref)
 
 __all__ = ["Backend", "BACKENDS", "select_backend", "backend_report", "ENV_VAR"]
@@ -108,6 +109,28 @@ class Backend:
         """-> (g_m, dx (bypass channels; zero elsewhere), dbeta of the bypass part)."""
         raise NotImplementedError
 
+    # Finite-difference HVP (csrc/hvp.h): flat 1-D buffers of one dtype; sq_norm a 1-value
+    # tensor in the accumulation dtype.
+    @staticmethod
+    def hvp_virtual_step(out, w, g, m, lr, momentum, weight_decay):
+        """out = w - lr * (momentum * m + g + weight_decay * w) (m None: 0), in place."""
+        raise NotImplementedError
+
+    @staticmethod
+    def hvp_sq_norm(v):
+        """-> sum v^2 (1 value, on v's device)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def hvp_perturb(out, w, v, sq_norm, r, sign):
+        """out = w + sign * eps * v with eps = r / ||v|| (r when v = 0), in place."""
+        raise NotImplementedError
+
+    @staticmethod
+    def hvp_combine(g_val, g_plus, g_minus, sq_norm, r, scale):
+        """-> g_val + scale * (g_plus - g_minus) / (2 eps) (g_val None: 0)."""
+        raise NotImplementedError
+
 
 class ReferenceBackend(Backend):
     NAME = "reference"
@@ -130,6 +153,10 @@ class ReferenceBackend(Backend):
     bn_grad_input = staticmethod(bn_grad_input_ref)
     partial_combine_fwd = staticmethod(partial_combine_fwd_ref)
     partial_combine_bwd = staticmethod(partial_combine_bwd_ref)
+    hvp_virtual_step = staticmethod(hvp_virtual_step_ref)
+    hvp_sq_norm = staticmethod(hvp_sq_norm_ref)
+    hvp_perturb = staticmethod(hvp_perturb_ref)
+    hvp_combine = staticmethod(hvp_combine_ref)
 
 
 class CpuBackend(Backend):
@@ -175,6 +202,22 @@ class CpuBackend(Backend):
     @staticmethod
     def partial_combine_bwd(g, x, beta, K, stride):
         return tuple(_ext.C.partial_combine_bwd(g, x, beta, K, stride))
+
+    @staticmethod
+    def hvp_virtual_step(out, w, g, m, lr, momentum, weight_decay):
+        _ext.C.hvp_virtual_step(out, w, g, m, lr, momentum, weight_decay)
+
+    @staticmethod
+    def hvp_sq_norm(v):
+        return _ext.C.hvp_sq_norm(v)
+
+    @staticmethod
+    def hvp_perturb(out, w, v, sq_norm, r, sign):
+        _ext.C.hvp_perturb(out, w, v, sq_norm, r, sign)
+
+    @staticmethod
+    def hvp_combine(g_val, g_plus, g_minus, sq_norm, r, scale):
+        return _ext.C.hvp_combine(g_val, g_plus, g_minus, sq_norm, r, scale)
 
 
 class CudaBackend(CpuBackend):
@@ -254,6 +297,26 @@ class TritonBackend(Backend):
     def partial_combine_bwd(g, x, beta, K, stride):
         from fastdarts.kernels.partial_channel import partial_combine_bwd
         return partial_combine_bwd(g, x, beta, K, stride)
+
+    @staticmethod
+    def hvp_virtual_step(out, w, g, m, lr, momentum, weight_decay):
+        from fastdarts.kernels.hvp import hvp_virtual_step
+        hvp_virtual_step(out, w, g, m, lr, momentum, weight_decay)
+
+    @staticmethod
+    def hvp_sq_norm(v):
+        from fastdarts.kernels.hvp import hvp_sq_norm
+        return hvp_sq_norm(v)
+
+    @staticmethod
+    def hvp_perturb(out, w, v, sq_norm, r, sign):
+        from fastdarts.kernels.hvp import hvp_perturb
+        hvp_perturb(out, w, v, sq_norm, r, sign)
+
+    @staticmethod
+    def hvp_combine(g_val, g_plus, g_minus, sq_norm, r, scale):
+        from fastdarts.kernels.hvp import hvp_combine
+        return hvp_combine(g_val, g_plus, g_minus, sq_norm, r, scale)
 
 
 BACKENDS: dict[str, type[Backend]] = {

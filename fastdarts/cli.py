@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--partial-selection", choices=("first", "sampled"), default=None,
                    help="channels the partial-channel ops see: the first C/K (the original) or "
                         "a random permutation's first C/K, drawn per edge and step [first]")
+    s.add_argument("--order", type=int, choices=(1, 2), default=None,
+                   help="architecture gradient: 1 first order, 2 second order (unrolled, "
+                        "finite-difference Hessian-vector product, no model copy) [1]")
+    s.add_argument("--hvp-r", type=float, default=None,
+                   help="second order: eps = hvp_r / ||v|| [0.01]")
     s.add_argument("--no-progress", action="store_true", default=None,
                    help="no progress bar (epoch lines are still printed)")
     s.add_argument("--resume", action="store_true",

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from .algorithms import algorithm_class, get_algorithm
-from .algorithms.base import grads_into
 from .checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
 from .data import BatchLoader, InfiniteLoader, SearchData, load_dataset
+from .flat import FlatParameters
 from .genotypes import genotype_to_dict, save_genotype
 from .report import JsonlLog, plot_arch_weights
 from .spaces import build_supernet
@@ -75,6 +75,8 @@ class SearchConfig:
     memory: str = "low"  # mixed-op memory mode: low | fast | reference (fastdarts.mixed)
     partial_k: int | None = None  # PC-DARTS channel partitions K (None: the method's default)
     partial_selection: str = "first"  # first C/K channels (the original) or sampled per step
+    order: int = 1  # DARTS's architecture gradient: 1 (first order) or 2 (unrolled, FD-HVP)
+    hvp_r: float = 1e-2  # second order: eps = hvp_r / ||v|| (DARTS's 0.01)
 
     def resolved(self) -> "SearchConfig":
         """A copy with every `None` filled from, in this order, the data-set preset, the
@@ -107,6 +109,10 @@ class SearchConfig:
         if self.partial_selection not in ("first", "sampled"):
             raise ValueError(f"partial_selection must be 'first' or 'sampled'; got "
                              f"{self.partial_selection!r}")
+        if self.order not in (1, 2):
+            raise ValueError(f"order must be 1 or 2; got {self.order}")
+        if not (math.isfinite(self.hvp_r) and self.hvp_r > 0):
+            raise ValueError(f"hvp_r must be a positive finite number; got {self.hvp_r}")
         if self.partial_k is not None and self.partial_k < 1:
             raise ValueError(f"partial_k must be >= 1; got {self.partial_k}")
         if self.arch_warmup_epochs is not None and self.arch_warmup_epochs < 0:
@@ -267,12 +273,15 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
                                "partial_selection": cfg.partial_selection})).to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    weights_params = model.weight_parameters()
+    # One buffer for all weights and one for their gradients (fastdarts.flat): zeroing is one
+    # kernel, and second-order DARTS writes its virtual step and perturbations into it.
+    flat_weights = FlatParameters(model.weight_parameters(), "weights")
+    weights_params = flat_weights.params
     w_optimizer = torch.optim.SGD(weights_params, lr=cfg.lr, momentum=cfg.momentum,
                                   weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(w_optimizer, cfg.epochs,
                                                            eta_min=cfg.lr_min)
-    algo.setup(model)
+    algo.setup(model, w_optimizer, flat_weights)
     train_loader = BatchLoader(data.train, data.spec, cfg.batch_size, shuffle=True, train=True,
                                seed=cfg.seed)
     # The architecture split is augmented like the training split, as in DARTS (§5.2).
@@ -323,10 +332,10 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
                 _check_finite(arch_loss, "architecture", epoch, model)
                 sums["arch_loss"] += arch_loss
                 sums["arch_steps"] += 1
-            w_optimizer.zero_grad(set_to_none=True)
+            flat_weights.zero_grad()
             logits = model(x, algo.mixing_weights(model, "weight"))
             loss = algo.loss(logits, y)
-            grads_into(loss, weights_params)
+            loss.backward(inputs=weights_params)  # accumulates into the flat gradient buffer
             nn.utils.clip_grad_norm_(weights_params, cfg.grad_clip)
             w_optimizer.step()
             loss_value = loss.item()

@@ -60,12 +60,14 @@ def test_arch_step_moves_alphas_and_weight_step_does_not():
     assert all(torch.equal(p, b) for p, b in zip(model.weight_parameters(), weights_before))
 
 
-@pytest.mark.parametrize("space", ["darts", "nb201"])
-def test_resume_equals_uninterrupted(tmp_path, space):
+@pytest.mark.parametrize("space,order", [("darts", 1), ("nb201", 1), ("nb201", 2)])
+def test_resume_equals_uninterrupted(tmp_path, space, order):
+    """Second order too: the resumed SGD state holds new momentum tensors, which the virtual
+    step must adopt with the same values."""
     layers = 3 if space == "darts" else 1
-    full = run_search(tiny_config(tmp_path / "full", space=space, layers=layers),
+    full = run_search(tiny_config(tmp_path / "full", space=space, layers=layers, order=order),
                       data=tiny_data(), log=quiet)
-    part_cfg = tiny_config(tmp_path / "part", space=space, layers=layers)
+    part_cfg = tiny_config(tmp_path / "part", space=space, layers=layers, order=order)
     run_search(part_cfg, data=tiny_data(), stop_after_epochs=1, log=quiet)
     assert not (tmp_path / "part" / "genotype.json").exists()
     resumed = run_search(part_cfg, resume=True, data=tiny_data(), log=quiet)

@@ -39,10 +39,16 @@ class SearchAlgorithm:
     def __init__(self, config):
         self.config = config
         self.arch_optimizer: torch.optim.Optimizer | None = None
+        self.weight_optimizer: torch.optim.Optimizer | None = None
+        self.flat_weights = None
 
     # -- set-up --------------------------------------------------------------------------
-    def setup(self, model: nn.Module) -> None:
-        """Create the architecture optimiser (called once the model is on its device)."""
+    def setup(self, model: nn.Module, weight_optimizer=None, flat_weights=None) -> None:
+        """Create the architecture optimiser (called once the model is on its device).
+        `weight_optimizer` and `flat_weights` (`fastdarts.flat.FlatParameters` of the
+        weights) are there for methods whose architecture step looks at the weight step."""
+        self.weight_optimizer = weight_optimizer
+        self.flat_weights = flat_weights
         c = self.config
         self.arch_optimizer = torch.optim.Adam(
             model.arch_parameters(), lr=c.arch_lr, betas=tuple(c.arch_betas),
