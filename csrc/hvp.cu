@@ -131,16 +131,6 @@ cudaError_t combine(const HvpParams& p, cudaStream_t stream) {
 }
 #undef FD_GRID
 
-template <template <typename> class Op>
-cudaError_t dispatch(const HvpParams& p, cudaStream_t stream) {
-  switch (p.dtype) {
-    case DType::kFloat32: return Op<float>::run(p, stream);
-    case DType::kFloat16: return Op<__half>::run(p, stream);
-    case DType::kBFloat16: return Op<__nv_bfloat16>::run(p, stream);
-    default: return cudaErrorInvalidValue;
-  }
-}
-
 template <typename T> struct StepOp { static cudaError_t run(const HvpParams& p, cudaStream_t s) { return virtual_step<T>(p, s); } };
 template <typename T> struct NormOp { static cudaError_t run(const HvpParams& p, cudaStream_t s) { return sq_norm<T>(p, s); } };
 template <typename T> struct PerturbOp { static cudaError_t run(const HvpParams& p, cudaStream_t s) { return perturb<T>(p, s); } };
@@ -153,9 +143,9 @@ int64_t hvp_sq_norm_blocks(int64_t n) {
   return blocks < 1 ? 1 : (blocks > 1024 ? 1024 : blocks);
 }
 
-cudaError_t launch_hvp_virtual_step(const HvpParams& p, cudaStream_t s) { return dispatch<StepOp>(p, s); }
-cudaError_t launch_hvp_sq_norm(const HvpParams& p, cudaStream_t s) { return dispatch<NormOp>(p, s); }
-cudaError_t launch_hvp_perturb(const HvpParams& p, cudaStream_t s) { return dispatch<PerturbOp>(p, s); }
-cudaError_t launch_hvp_combine(const HvpParams& p, cudaStream_t s) { return dispatch<CombineOp>(p, s); }
+cudaError_t launch_hvp_virtual_step(const HvpParams& p, cudaStream_t s) { return dispatch_dtype<StepOp>(p, s); }
+cudaError_t launch_hvp_sq_norm(const HvpParams& p, cudaStream_t s) { return dispatch_dtype<NormOp>(p, s); }
+cudaError_t launch_hvp_perturb(const HvpParams& p, cudaStream_t s) { return dispatch_dtype<PerturbOp>(p, s); }
+cudaError_t launch_hvp_combine(const HvpParams& p, cudaStream_t s) { return dispatch_dtype<CombineOp>(p, s); }
 
 }  // namespace fastdarts

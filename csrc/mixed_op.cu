@@ -253,16 +253,6 @@ cudaError_t grad_input(const BnTailParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-template <template <typename> class Op>
-cudaError_t dispatch(const BnTailParams& p, cudaStream_t stream) {
-  switch (p.dtype) {
-    case DType::kFloat32: return Op<float>::run(p, stream);
-    case DType::kFloat16: return Op<__half>::run(p, stream);
-    case DType::kBFloat16: return Op<__nv_bfloat16>::run(p, stream);
-    default: return cudaErrorInvalidValue;
-  }
-}
-
 template <typename T> struct StatsOp { static cudaError_t run(const BnTailParams& p, cudaStream_t s) { return stats<T>(p, s); } };
 template <typename T> struct AccumulateOp { static cudaError_t run(const BnTailParams& p, cudaStream_t s) { return accumulate<T>(p, s); } };
 template <typename T> struct GradReduceOp { static cudaError_t run(const BnTailParams& p, cudaStream_t s) { return grad_reduce<T>(p, s); } };
@@ -276,9 +266,9 @@ int64_t bn_num_chunks(int64_t rows) {
   return chunks < 1 ? 1 : (chunks > 512 ? 512 : chunks);
 }
 
-cudaError_t launch_bn_stats(const BnTailParams& p, cudaStream_t s) { return dispatch<StatsOp>(p, s); }
-cudaError_t launch_bn_accumulate(const BnTailParams& p, cudaStream_t s) { return dispatch<AccumulateOp>(p, s); }
-cudaError_t launch_bn_grad_reduce(const BnTailParams& p, cudaStream_t s) { return dispatch<GradReduceOp>(p, s); }
-cudaError_t launch_bn_grad_input(const BnTailParams& p, cudaStream_t s) { return dispatch<GradInputOp>(p, s); }
+cudaError_t launch_bn_stats(const BnTailParams& p, cudaStream_t s) { return dispatch_dtype<StatsOp>(p, s); }
+cudaError_t launch_bn_accumulate(const BnTailParams& p, cudaStream_t s) { return dispatch_dtype<AccumulateOp>(p, s); }
+cudaError_t launch_bn_grad_reduce(const BnTailParams& p, cudaStream_t s) { return dispatch_dtype<GradReduceOp>(p, s); }
+cudaError_t launch_bn_grad_input(const BnTailParams& p, cudaStream_t s) { return dispatch_dtype<GradInputOp>(p, s); }
 
 }  // namespace fastdarts

@@ -134,16 +134,6 @@ cudaError_t bwd(const PartialChannelParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-template <template <typename> class Op>
-cudaError_t dispatch(const PartialChannelParams& p, cudaStream_t stream) {
-  switch (p.dtype) {
-    case DType::kFloat32: return Op<float>::run(p, stream);
-    case DType::kFloat16: return Op<__half>::run(p, stream);
-    case DType::kBFloat16: return Op<__nv_bfloat16>::run(p, stream);
-    default: return cudaErrorInvalidValue;
-  }
-}
-
 template <typename T> struct FwdOp { static cudaError_t run(const PartialChannelParams& p, cudaStream_t s) { return fwd<T>(p, s); } };
 template <typename T> struct BwdOp { static cudaError_t run(const PartialChannelParams& p, cudaStream_t s) { return bwd<T>(p, s); } };
 
@@ -155,7 +145,7 @@ int64_t partial_combine_bwd_blocks(int64_t elements) {
   return blocks < 1 ? 1 : (blocks > 4096 ? 4096 : blocks);
 }
 
-cudaError_t launch_partial_combine_fwd(const PartialChannelParams& p, cudaStream_t s) { return dispatch<FwdOp>(p, s); }
-cudaError_t launch_partial_combine_bwd(const PartialChannelParams& p, cudaStream_t s) { return dispatch<BwdOp>(p, s); }
+cudaError_t launch_partial_combine_fwd(const PartialChannelParams& p, cudaStream_t s) { return dispatch_dtype<FwdOp>(p, s); }
+cudaError_t launch_partial_combine_bwd(const PartialChannelParams& p, cudaStream_t s) { return dispatch_dtype<BwdOp>(p, s); }
 
 }  // namespace fastdarts

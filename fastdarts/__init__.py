@@ -1,8 +1,10 @@
 """fastdarts: fast, memory-lean differentiable architecture search."""
 from __future__ import annotations
 
+from .flat import FlatParameters
 from .genotypes import (DartsGenotype, NB201Genotype, load_genotype, nb201_arch_index,
                         save_genotype)
+from .hvp import fd_hvp
 from .mixed import MEMORY_MODES, FusedMixedOp, MixedOp
 from .partial import PartialMixedOp
 from .patch import PatchReport, patch, unpatch
@@ -14,7 +16,8 @@ from .widen import wider
 __version__ = "0.1.0"
 
 __all__ = ["MixedOp", "FusedMixedOp", "PartialMixedOp", "MEMORY_MODES", "patch", "unpatch",
-           "PatchReport", "recompute", "wider", "build_supernet", "DartsSupernet", "NB201Supernet",
+           "PatchReport", "recompute", "wider", "fd_hvp", "FlatParameters", "build_supernet",
+           "DartsSupernet", "NB201Supernet",
            "SearchConfig", "run_search",
            "DartsGenotype", "NB201Genotype", "save_genotype", "load_genotype",
            "nb201_arch_index", "__version__"]

@@ -247,8 +247,10 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
     if resume:
         checkpoint = load_checkpoint(ckpt_path)
         stored = checkpoint["config"]
+        # a key missing from an older checkpoint had the field's default value
+        defaults = SearchConfig().to_dict()
         mismatched = sorted(k for k, v in cfg.to_dict().items()
-                            if k not in _RESUME_FREE and stored.get(k) != v)
+                            if k not in _RESUME_FREE and stored.get(k, defaults[k]) != v)
         if mismatched:
             details = ", ".join(f"{k}: checkpoint {stored.get(k)!r} vs now "
                                 f"{cfg.to_dict()[k]!r}" for k in mismatched)
