@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.memory_probe import build, step
+from benchmarks.memory_probe import build, probe_env, step
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -39,11 +39,9 @@ def _probe(mode):
            "--C", str(NET["C"]), "--layers", str(NET["layers"]), "--stem", NET["stem"],
            "--num-classes", str(NET["num_classes"]), "--partial-k", str(NET["partial_k"]),
            "--device", DEVICE, "--repeats", "1"]
-    # Every allocation of 4 KiB or more is its own mapping, returned to the system when freed,
-    # so the resident-set peak follows the live tensors (the ImageNet cells' tensors are small).
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="4096", MALLOC_TRIM_THRESHOLD_="0",
-               PYTHONPATH=str(ROOT))
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+    # the ImageNet cells' tensors are small: see probe_env
+    out = subprocess.run(cmd, capture_output=True, text=True, env=probe_env(ROOT), cwd=ROOT,
+                         check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

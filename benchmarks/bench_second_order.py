@@ -123,14 +123,13 @@ def probe(row: str, batch: int, device: str) -> dict:
 def _probe_subprocess(row: str) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.bench_second_order", "--probe", row, "--batch",
            str(BATCH), "--device", DEVICE]
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="4096", MALLOC_TRIM_THRESHOLD_="0",
-               PYTHONPATH=str(ROOT))
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+    from benchmarks.memory_probe import probe_env
+    out = subprocess.run(cmd, capture_output=True, text=True, env=probe_env(ROOT), cwd=ROOT,
+                         check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _bench(benchmark, row):
-    import pytest  # noqa: F401  (pytest-benchmark fixture)
     model, run = setup(row, BATCH, DEVICE)
 
     def timed():

@@ -25,6 +25,14 @@ from fastdarts.spaces import build_supernet
 MODES = ("reference", "checkpoint", "fast", "low")
 
 
+def probe_env(root) -> dict:
+    """Environment of a fresh probe process: every allocation of 4 KiB or more is its own
+    mapping, returned to the system when freed, so the resident-set peak follows the live
+    tensors (small tensors would otherwise stay in the heap and hide the peak)."""
+    return dict(os.environ, MALLOC_MMAP_THRESHOLD_="4096", MALLOC_TRIM_THRESHOLD_="0",
+                PYTHONPATH=str(root))
+
+
 def build(space: str, mode: str, C: int, layers: int | None, device, channels_last: bool,
           seed: int = 0, stem: str = "cifar", num_classes: int = 10,
           partial_k: int | None = None):

@@ -521,8 +521,10 @@ void hvp_virtual_step(at::Tensor& out, const at::Tensor& w, const at::Tensor& g,
   call.p.g = call.buffer(g, "g");
   call.p.m = call.buffer(m, "m", /*optional=*/true);
   call.p.out = const_cast<void*>(call.buffer(out, "out"));
-  for (double value : {lr, momentum, weight_decay})
-    FD_CHECK_ARG(std::isfinite(value), call.fn, "lr", "momentum and weight_decay must be finite");
+  FD_CHECK_ARG(std::isfinite(lr), call.fn, "lr", "must be finite; got ", lr);
+  FD_CHECK_ARG(std::isfinite(momentum), call.fn, "momentum", "must be finite; got ", momentum);
+  FD_CHECK_ARG(std::isfinite(weight_decay), call.fn, "weight_decay", "must be finite; got ",
+               weight_decay);
   call.p.lr = lr;
   call.p.momentum = momentum;
   call.p.weight_decay = weight_decay;

@@ -57,7 +57,6 @@ class FlatParameters:
             raise ValueError(f"FlatParameters: the {name} contain the same tensor twice")
         self.data: torch.Tensor
         self.grad: torch.Tensor
-        self._momentum: torch.Tensor | None = None
         self._build()
 
     # -- layout ----------------------------------------------------------------------------
@@ -94,7 +93,7 @@ class FlatParameters:
         # Cheap checks per step (a walk over thousands of parameters): the value's address,
         # and the gradient's identity (autograd keeps accumulating into the same tensor).
         self._data_ptrs = [p.data_ptr() for p in self.params]
-        self._momentum = None
+        self._momentum: torch.Tensor | None = None
 
     @staticmethod
     def _view(buffer: torch.Tensor, p: torch.Tensor, offset: int) -> torch.Tensor:

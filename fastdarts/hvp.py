@@ -118,7 +118,7 @@ def flat_grads(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tens
     parameter the loss does not depend on)."""
     grads = torch.autograd.grad(loss, list(params), allow_unused=True)
     with record_function(ARITHMETIC):
-            return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
+        return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
                           for p, g in zip(params, grads)])
 
 

@@ -21,9 +21,9 @@ never takes (w+ and w-); here only the weight step updates them, once per traini
 """
 from __future__ import annotations
 
-from ..flat import FlatParameters
 from torch.profiler import record_function
 
+from ..flat import FlatParameters
 from ..hvp import ARITHMETIC, combine, finite_difference, virtual_step
 from ..recompute import frozen_bn_stats
 from .base import SearchAlgorithm, grads_into
