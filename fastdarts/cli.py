@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # Defaults are None so that --resume can tell "given" from "not given".
     s.add_argument("--space", choices=SPACES, default=None, help="search space [darts]")
-    s.add_argument("--algo", choices=sorted(ALGORITHMS), default=None, help="method [darts]")
+    s.add_argument("--algo", choices=sorted(ALGORITHMS), default=None,
+                   help="method [darts]: " + "; ".join(
+                       f"{name}: {cls.summary}" for name, cls in sorted(ALGORITHMS.items())))
     s.add_argument("--dataset", choices=sorted(DATASETS), default=None, help="data set [digits]")
     s.add_argument("--data-dir", default=None, help="folder holding the data set's files")
     s.add_argument("--run-dir", default=None,
@@ -71,6 +73,31 @@ def build_parser() -> argparse.ArgumentParser:
                         "finite-difference Hessian-vector product, no model copy) [1]")
     s.add_argument("--hvp-r", type=float, default=None,
                    help="second order: eps = hvp_r / ||v|| [0.01]")
+    s.add_argument("--steps-per-epoch", type=_positive_int, default=None,
+                   help="stop each epoch after this many weight steps (quick trials) [all]")
+    m = s.add_argument_group("method options (ignored by other methods)")
+    m.add_argument("--rf-seed", type=int, default=None,
+                   help="rf-darts, rf-pcdarts: seed of the frozen random convolutions "
+                        "[--seed]")
+    m.add_argument("--rf-freeze-classifier", action="store_true", default=None,
+                   help="rf-darts, rf-pcdarts: freeze the classifier too (only BN trained)")
+    m.add_argument("--sdarts-epsilon", type=float, default=None,
+                   help="sdarts-rs, sdarts-adv: final perturbation radius [0.3]")
+    m.add_argument("--sdarts-epsilon-min", type=float, default=None,
+                   help="sdarts-rs, sdarts-adv: first epoch's radius [0.03]")
+    m.add_argument("--sdarts-attack-steps", type=_positive_int, default=None,
+                   help="sdarts-adv: PGD steps of 2 eps / steps [7]")
+    m.add_argument("--drnas-reg", choices=("l2", "kl"), default=None,
+                   help="drnas: l2 (Adam weight decay toward Dir(1)) or kl [l2]")
+    m.add_argument("--drnas-reg-scale", type=float, default=None, help="drnas: [1e-3]")
+    m.add_argument("--drnas-no-progressive", action="store_true", default=None,
+                   help="drnas: one stage, full channels, every op")
+    m.add_argument("--drnas-k", type=_positive_int, nargs="+", default=None,
+                   help="drnas: partial-channel K per stage [6 4; nb201: 4 2]")
+    m.add_argument("--drnas-ops", type=_positive_int, nargs="+", default=None,
+                   help="drnas: ops kept per stage [7 4; nb201: 5 3]")
+    m.add_argument("--aux-skip-beta", type=float, default=None,
+                   help="darts-minus: the auxiliary skip's first beta, decaying linearly [1.0]")
     s.add_argument("--no-progress", action="store_true", default=None,
                    help="no progress bar (epoch lines are still printed)")
     s.add_argument("--resume", action="store_true",
@@ -79,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_FIELD_OF_ARG = {"no_channels_last": "channels_last", "no_progress": "progress"}
+#: flags that switch a default-True field off
+_FIELD_OF_ARG = {"no_channels_last": "channels_last", "no_progress": "progress",
+                 "rf_freeze_classifier": "rf_train_classifier",
+                 "drnas_no_progressive": "drnas_progressive"}
 
 
 def _config_from_args(args: argparse.Namespace) -> tuple[SearchConfig, bool]:
@@ -98,7 +128,9 @@ def _config_from_args(args: argparse.Namespace) -> tuple[SearchConfig, bool]:
             raise SystemExit(f"fastdarts search: --resume: no {CHECKPOINT} in {given['run_dir']}")
         stored = json.loads(config_path.read_text())
         stored.update(given)
-        stored["arch_betas"] = tuple(stored["arch_betas"])
+        for key in ("arch_betas", "drnas_k", "drnas_ops"):
+            if stored.get(key) is not None:
+                stored[key] = tuple(stored[key])
         names = {f.name for f in dataclasses.fields(SearchConfig)}
         return SearchConfig(**{k: v for k, v in stored.items() if k in names}), True
 

@@ -103,7 +103,8 @@ class _Edge:
     def __init__(self, owner: nn.Module, x: torch.Tensor, backend: Optional[str]):
         self.plans = plans_of(owner)
         self.K = len(self.plans)
-        self.active = [p for p in self.plans if p.kind != "zero"]
+        skipped = owner.__dict__.get("skipped_ops", ())
+        self.active = [p for p in self.plans if p.kind != "zero" and p.index not in skipped]
         self.share_relu = sum(p.relu_first for p in self.active) > 0
         self.fmt = _format_of(x)
         self.acc = acc_dtype(x.dtype)
@@ -307,7 +308,7 @@ class _LowMemoryEdgeFunction(torch.autograd.Function):
         x, weights, w_acc = ctx.saved_tensors
         x = _as(x, edge.fmt)
         g = _as(g, edge.fmt)
-        params = [q for p in edge.plans for q in _op_params(p)]
+        params = [q for p in edge.active for q in _op_params(p)]
         grads = {id(q): None for q in params}
         need_x = ctx.needs_input_grad[1]
         dws, dx, dr = [], None, None
@@ -354,10 +355,12 @@ def mixed_forward(owner: nn.Module, x: torch.Tensor, weights: torch.Tensor,
                   memory: str = "low", backend: Optional[str] = None) -> torch.Tensor:
     """The fused forward of any module with an `_ops` ModuleList (ours or patched)."""
     if memory == "reference":
-        return sum(w * op(x) for w, op in zip(weights, owner._ops))
+        skipped = owner.__dict__.get("skipped_ops", ())
+        return sum(w * op(x) for k, (w, op) in enumerate(zip(weights, owner._ops))
+                   if k not in skipped)
     _check_inputs(owner, x, weights)
     edge = _Edge(owner, x, backend)
-    params = [q for p in edge.plans for q in _op_params(p)]
+    params = [q for p in edge.active for q in _op_params(p)]
     wants_grad = torch.is_grad_enabled() and (
         x.requires_grad or weights.requires_grad or bool(params))
     if not wants_grad:
@@ -393,6 +396,18 @@ class FusedMixedOp(nn.Module):
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         return mixed_forward(self, x, weights, self.memory, self.backend)
 
+    def skip_ops(self, indices) -> None:
+        """Leave ops `indices` out of the sum from now on (DrNAS's pruned ops, whose mixing
+        weights are exactly 0). A host-side list set once per pruning, so skipping costs no
+        per-step test of the weights and no host synchronisation; `()` restores them all."""
+        indices = frozenset(int(k) for k in indices)
+        if any(not 0 <= k < len(self._ops) for k in indices):
+            raise ValueError(f"indices: op indices must lie in [0, {len(self._ops)}); got "
+                             f"{sorted(indices)}")
+        if len(indices) == len(self._ops):
+            raise ValueError("indices: at least one op of an edge must stay")
+        self.__dict__["skipped_ops"] = indices
+
     def fusion_report(self) -> list[str]:
         """One line per op: how the fused edge runs it."""
         out = []
@@ -412,15 +427,19 @@ class MixedOp(FusedMixedOp):
         C: channels. stride: 1, or 2 on reduction edges.
         primitives: op names (the 8 DARTS ops by default; any of `fastdarts.ops.darts.OPS`).
         memory: ``low`` (default), ``fast`` or ``reference`` (see the module docstring).
-        affine: BN affine parameters of the ops (False in search, True for RF-DARTS).
+        affine: BN affine parameters of the ops, the pools' BN included (False in search,
+            True for RF-DARTS).
         backend: kernel backend (None: `FASTDARTS_BACKEND` or auto).
+        aux_skip: DARTS-: one more op after the candidates, the auxiliary skip; `weights`
+            then has len(primitives) + 1 entries, the last being its beta.
 
     Pools are followed by an affine-free BatchNorm as in the original, so `state_dict` keys
     are the original's (`_ops.<k>....`).
     """
 
     def __init__(self, C: int, stride: int, primitives: Optional[Sequence[str]] = None,
-                 memory: str = "low", affine: bool = False, backend: Optional[str] = None):
+                 memory: str = "low", affine: bool = False, backend: Optional[str] = None,
+                 aux_skip: bool = False):
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2; got {stride}")
         primitives = tuple(PRIMITIVES if primitives is None else primitives)
@@ -430,7 +449,13 @@ class MixedOp(FusedMixedOp):
                 raise ValueError(f"primitives: unknown op {name!r}; known: {sorted(OPS)}")
             op = OPS[name](C, stride, affine)
             if name in POOL_OPS:
-                op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+                op = nn.Sequential(op, nn.BatchNorm2d(C, affine=affine))
             ops.append(op)
+        if aux_skip:
+            # DARTS-'s auxiliary skip: identity, or FactorizedReduce(C, C, affine=False) at
+            # stride 2, i.e. the `skip_connect` op without affine BN, appended as the last op
+            # so that its weight beta joins the one fused weighted sum.
+            ops.append(OPS["skip_connect"](C, stride, False))
         super().__init__(ops, memory, backend)
         self.primitives = primitives
+        self.aux_skip = aux_skip

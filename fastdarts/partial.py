@@ -120,6 +120,9 @@ class PartialMixedOp(FusedMixedOp):
         k: channel partitions K (4 on CIFAR, 2 on ImageNet in PC-DARTS); C % k == 0.
         primitives, memory, affine, backend: as for `fastdarts.MixedOp`; the ops are built
             for C // k channels.
+        inner: the mixed op over C/k channels to use instead of a DARTS-space `MixedOp`
+            (the NAS-Bench-201 supernet passes its own); primitives and affine are then
+            ignored.
         selection: ``first`` (the original: the ops see the first C/k channels) or
             ``sampled`` (in training, every forward draws a random channel permutation on
             x's device and the ops see its first C/k channels; eval uses the first ones).
@@ -128,12 +131,13 @@ class PartialMixedOp(FusedMixedOp):
 
     def __init__(self, C: int, stride: int, k: int, primitives: Optional[Sequence[str]] = None,
                  memory: str = "low", affine: bool = False, backend: Optional[str] = None,
-                 selection: str = "first"):
+                 selection: str = "first", inner: Optional[FusedMixedOp] = None):
         _check_partition(C, k)
         if selection not in ("first", "sampled"):
             raise ValueError(f"selection must be 'first' or 'sampled'; got {selection!r}")
-        inner = MixedOp(C // k, stride, primitives, memory=memory, affine=affine,
-                        backend=backend)
+        if inner is None:
+            inner = MixedOp(C // k, stride, primitives, memory=memory, affine=affine,
+                            backend=backend)
         super().__init__(inner._ops, memory, backend)
         self.primitives = inner.primitives
         self.mp = nn.MaxPool2d(2, 2)

@@ -10,6 +10,7 @@ from which `resume=True` continues to exactly the result of an uninterrupted run
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import time
@@ -22,10 +23,10 @@ from torch import nn
 from .algorithms import algorithm_class, get_algorithm
 from .checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
 from .data import BatchLoader, InfiniteLoader, SearchData, load_dataset
-from .flat import FlatParameters
 from .genotypes import genotype_to_dict, save_genotype
 from .report import JsonlLog, plot_arch_weights
 from .spaces import build_supernet
+from .training import WeightTraining
 
 __all__ = ["SearchConfig", "SearchResult", "run_search", "evaluate", "DATASET_PRESETS"]
 
@@ -77,22 +78,41 @@ class SearchConfig:
     partial_selection: str = "first"  # first C/K channels (the original) or sampled per step
     order: int = 1  # DARTS's architecture gradient: 1 (first order) or 2 (unrolled, FD-HVP)
     hvp_r: float = 1e-2  # second order: eps = hvp_r / ||v|| (DARTS's 0.01)
+    # RF-DARTS / RF-PCDARTS (fastdarts.random_features)
+    rf_seed: int | None = None  # seed of the frozen random convolutions (None: `seed`)
+    rf_train_classifier: bool = True  # False freezes the classifier too
+    # SDARTS-RS / -ADV: perturbation radius grows linearly eps_min -> eps over the epochs
+    sdarts_epsilon: float = 0.3
+    sdarts_epsilon_min: float = 0.03
+    sdarts_attack_steps: int = 7  # ADV: PGD steps of 2 eps / steps
+    # DrNAS
+    drnas_reg: str = "l2"  # l2 (Adam weight decay toward Dir(1)) or kl (KL to Dir(1))
+    drnas_reg_scale: float = 1e-3
+    drnas_progressive: bool = True
+    drnas_k: tuple[int, ...] | None = None  # partial-channel K per stage (None: the space's)
+    drnas_ops: tuple[int, ...] | None = None  # ops kept per stage (None: the space's)
+    # DARTS-: the auxiliary skip's beta decays linearly from this to beta/epochs
+    aux_skip_beta: float = 1.0
+    steps_per_epoch: int | None = None  # a cap on the weight steps per epoch (quick trials)
 
     def resolved(self) -> "SearchConfig":
         """A copy with every `None` filled from, in this order, the data-set preset, the
         method's defaults (`SearchAlgorithm.DEFAULTS`) and DARTS's CIFAR defaults."""
         preset = DATASET_PRESETS.get(self.dataset, {})
         method = algorithm_class(self.algo)
+        below, above = method.defaults(self.space, self.dataset)
         darts_defaults = {"epochs": 50, "batch_size": 64, "arch_lr": 3e-4, "lr": 0.025,
                           "lr_min": 0.001}
         values = dataclasses.asdict(self)
-        for key in ("epochs", "batch_size", "init_channels", "layers", "arch_lr", "lr",
-                    "lr_min", "partial_k"):
+        for key in _RESOLVED:
             if values[key] is None:
-                values[key] = preset.get(key, method.DEFAULTS.get(key, darts_defaults.get(key)))
+                values[key] = above.get(key, preset.get(key, below.get(
+                    key, darts_defaults.get(key))))
         if values["arch_warmup_epochs"] is None:
-            values["arch_warmup_epochs"] = method.default_warmup(values["epochs"])
-        values["arch_betas"] = tuple(values["arch_betas"])
+            values["arch_warmup_epochs"] = method.default_warmup(values)
+        for key in _TUPLES:
+            if values[key] is not None:
+                values[key] = tuple(values[key])
         cfg = SearchConfig(**values)
         cfg.validate()
         return cfg
@@ -117,11 +137,34 @@ class SearchConfig:
             raise ValueError(f"partial_k must be >= 1; got {self.partial_k}")
         if self.arch_warmup_epochs is not None and self.arch_warmup_epochs < 0:
             raise ValueError(f"arch_warmup_epochs must be >= 0; got {self.arch_warmup_epochs}")
+        if not 0 <= self.sdarts_epsilon_min <= self.sdarts_epsilon <= 1:
+            raise ValueError(f"sdarts_epsilon_min and sdarts_epsilon must satisfy 0 <= min <= "
+                             f"max <= 1; got {self.sdarts_epsilon_min}, {self.sdarts_epsilon}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1; got {self.steps_per_epoch}")
+        if self.sdarts_attack_steps < 1:
+            raise ValueError(f"sdarts_attack_steps must be >= 1; got {self.sdarts_attack_steps}")
+        if self.drnas_reg not in ("l2", "kl"):
+            raise ValueError(f"drnas_reg must be 'l2' or 'kl'; got {self.drnas_reg!r}")
+        if not (math.isfinite(self.drnas_reg_scale) and self.drnas_reg_scale >= 0):
+            raise ValueError(f"drnas_reg_scale must be finite and >= 0; got "
+                             f"{self.drnas_reg_scale}")
+        if not (math.isfinite(self.aux_skip_beta) and self.aux_skip_beta >= 0):
+            raise ValueError(f"aux_skip_beta must be finite and >= 0; got {self.aux_skip_beta}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["arch_betas"] = list(d["arch_betas"])
+        for key in _TUPLES:
+            if d[key] is not None:
+                d[key] = list(d[key])
         return d
+
+
+#: fields that `resolved()` fills from presets and method defaults when None
+_RESOLVED = ("epochs", "batch_size", "init_channels", "layers", "arch_lr", "lr", "lr_min",
+             "partial_k", "drnas_k", "drnas_ops")
+#: tuple fields (lists in JSON)
+_TUPLES = ("arch_betas", "drnas_k", "drnas_ops")
 
 
 # Fields that may differ between a run and its resumption without changing the result.
@@ -268,22 +311,22 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
     if data is None:
         data = load_dataset(cfg.dataset, cfg.data_dir)
     algo = get_algorithm(cfg.algo, cfg)
+    options = ({} if cfg.partial_k is None else
+               {"partial_k": cfg.partial_k, "partial_selection": cfg.partial_selection})
+    options.update(algo.supernet_options())
     model = build_supernet(cfg.space, data.spec.num_classes, data.spec.in_channels,
                            C=cfg.init_channels, layers=cfg.layers, memory=cfg.memory,
-                           **({} if cfg.partial_k is None else
-                              {"partial_k": cfg.partial_k,
-                               "partial_selection": cfg.partial_selection})).to(device)
+                           **options).to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    # One buffer for all weights and one for their gradients (fastdarts.flat): zeroing is one
-    # kernel, and second-order DARTS writes its virtual step and perturbations into it.
-    flat_weights = FlatParameters(model.weight_parameters(), "weights")
-    weights_params = flat_weights.params
-    w_optimizer = torch.optim.SGD(weights_params, lr=cfg.lr, momentum=cfg.momentum,
-                                  weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(w_optimizer, cfg.epochs,
-                                                           eta_min=cfg.lr_min)
-    algo.setup(model, w_optimizer, flat_weights)
+    algo.prepare_model(model, None if checkpoint is None else checkpoint["algorithm"])
+    # One buffer for all trained weights and one for their gradients (fastdarts.flat):
+    # zeroing is one kernel, and second-order DARTS writes its virtual step and
+    # perturbations into it.
+    training = WeightTraining(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.epochs,
+                              cfg.lr_min)
+    w_optimizer, scheduler = training.optimizer, training.scheduler
+    algo.setup(model, w_optimizer, training.flat)
     train_loader = BatchLoader(data.train, data.spec, cfg.batch_size, shuffle=True, train=True,
                                seed=cfg.seed)
     # The architecture split is augmented like the training split, as in DARTS (§5.2).
@@ -309,22 +352,27 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
     else:
         atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         log_file.path.unlink(missing_ok=True)
-        n_weights = sum(p.numel() for p in weights_params)
+        n_weights = sum(p.numel() for p in training.params)
+        extra = algo.describe()
         log(f"search {cfg.algo} on {cfg.space}, {data.describe()}; supernet "
-            f"{n_weights:,} weights, device {device}, run dir {run_dir}")
+            f"{n_weights:,} trained weights, device {device}, run dir {run_dir}"
+            + (f"; {extra}" if extra else ""))
 
     search_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         if stop_after_epochs is not None and epoch >= stop_after_epochs:
             break
-        algo.on_epoch_start(epoch, model)
+        algo.on_epoch_start(epoch, model, training)
         lr = scheduler.get_last_lr()[0]
         arch_on = algo.arch_updates_enabled(epoch)
         model.train()
         sums = {"loss": 0.0, "correct": 0, "count": 0, "arch_loss": 0.0, "arch_steps": 0}
         epoch_start = time.perf_counter()
-        bar = _Progress(cfg.progress, len(train_loader), f"epoch {epoch + 1}/{cfg.epochs}")
-        for x, y in iter(train_loader):
+        steps = len(train_loader) if cfg.steps_per_epoch is None else min(
+            len(train_loader), cfg.steps_per_epoch)
+        bar = _Progress(cfg.progress, steps, f"epoch {epoch + 1}/{cfg.epochs}")
+        # islice stops without drawing (and augmenting) one batch too many: resume stays exact
+        for x, y in itertools.islice(iter(train_loader), steps):
             x, y = _to(x, device, memory_format), y.to(device, non_blocking=True)
             if arch_on:
                 xv, yv = val_stream.next()
@@ -334,11 +382,12 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
                 _check_finite(arch_loss, "architecture", epoch, model)
                 sums["arch_loss"] += arch_loss
                 sums["arch_steps"] += 1
-            flat_weights.zero_grad()
-            logits = model(x, algo.mixing_weights(model, "weight"))
+            weights = algo.weight_step_weights(model, (x, y))
+            training.flat.zero_grad()
+            logits = model(x, weights)
             loss = algo.loss(logits, y)
-            loss.backward(inputs=weights_params)  # accumulates into the flat gradient buffer
-            nn.utils.clip_grad_norm_(weights_params, cfg.grad_clip)
+            loss.backward(inputs=training.params)  # accumulates into the flat gradient buffer
+            nn.utils.clip_grad_norm_(training.params, cfg.grad_clip)
             w_optimizer.step()
             loss_value = loss.item()
             _check_finite(loss_value, "weight", epoch, model)
@@ -399,7 +448,8 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
             "test_loss": test_loss, "test_accuracy": test_acc,
             "final_val_accuracy": history[-1]["val_acc"] if history else None,
             "search_time_s_this_session": time.perf_counter() - search_start,
-            "num_weights": sum(p.numel() for p in weights_params),
+            "num_weights": sum(p.numel() for p in training.params),
+            "method": algo.describe() or None,
             "torch": torch.__version__, "device": str(device),
         }
         atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2) + "\n")

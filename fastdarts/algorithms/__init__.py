@@ -3,13 +3,18 @@ from __future__ import annotations
 
 from .base import SearchAlgorithm
 from .darts import DARTS
+from .darts_minus import DARTSMinus
+from .drnas import DrNAS
 from .pcdarts import PCDARTS
+from .rfdarts import RFDARTS, RFPCDARTS
+from .sdarts import SDARTSADV, SDARTSRS
 
 __all__ = ["ALGORITHMS", "get_algorithm", "algorithm_class", "SearchAlgorithm", "DARTS",
-           "PCDARTS"]
+           "PCDARTS", "RFDARTS", "RFPCDARTS", "SDARTSRS", "SDARTSADV", "DrNAS", "DARTSMinus"]
 
 #: name -> class; the CLI offers exactly these.
-ALGORITHMS = {cls.name: cls for cls in (DARTS, PCDARTS)}
+ALGORITHMS = {cls.name: cls for cls in (DARTS, PCDARTS, RFDARTS, RFPCDARTS, SDARTSRS,
+                                        SDARTSADV, DrNAS, DARTSMinus)}
 
 
 def algorithm_class(name: str) -> type[SearchAlgorithm]:

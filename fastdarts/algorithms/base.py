@@ -28,12 +28,22 @@ class SearchAlgorithm:
     """Base class. Subclasses set `name` and override what differs from DARTS."""
 
     name: str = ""
+    #: one line for the README and `--help`
+    summary: str = ""
     #: config values this method defaults to (below a data-set preset and explicit values)
     DEFAULTS: dict = {}
+    #: per data set, values above the data-set preset (what the method needs there)
+    DATASET_DEFAULTS: dict = {}
 
     @classmethod
-    def default_warmup(cls, epochs: int) -> int:
-        """Epochs without architecture updates when the config leaves it open."""
+    def defaults(cls, space: str, dataset: str) -> tuple[dict, dict]:
+        """(defaults a data-set preset overrides, defaults that override the preset)."""
+        return dict(cls.DEFAULTS), dict(cls.DATASET_DEFAULTS.get(dataset, {}))
+
+    @classmethod
+    def default_warmup(cls, values: dict) -> int:
+        """Epochs without architecture updates when the config leaves it open (`values`:
+        the configuration resolved so far)."""
         return 0
 
     def __init__(self, config):
@@ -43,6 +53,15 @@ class SearchAlgorithm:
         self.flat_weights = None
 
     # -- set-up --------------------------------------------------------------------------
+    def supernet_options(self) -> dict:
+        """Extra keyword arguments of `build_supernet` this method needs."""
+        return {}
+
+    def prepare_model(self, model: nn.Module, state: dict | None = None) -> None:
+        """Adapt the freshly built supernet before its weights are collected: freeze what is
+        not trained (RF), or give it the structure of `state`, the method's checkpointed
+        state (DrNAS's pruned and widened stages), so the checkpoint's tensors fit."""
+
     def setup(self, model: nn.Module, weight_optimizer=None, flat_weights=None) -> None:
         """Create the architecture optimiser (called once the model is on its device).
         `weight_optimizer` and `flat_weights` (`fastdarts.flat.FlatParameters` of the
@@ -59,14 +78,27 @@ class SearchAlgorithm:
         """Mixing weights for `phase` in {'arch', 'weight', 'eval'}; DARTS: softmax."""
         return model.mixing_weights()
 
+    def weight_step_weights(self, model: nn.Module, batch) -> tuple:
+        """Mixing weights for the weight step on `batch`, without a graph to the
+        architecture parameters (the weight step throws their gradient away); SDARTS
+        perturbs them here."""
+        with torch.no_grad():
+            return tuple(self.mixing_weights(model, "weight"))
+
     def arch_updates_enabled(self, epoch: int) -> bool:
         return epoch >= self.config.arch_warmup_epochs
 
     def arch_step(self, model: nn.Module, train_batch, val_batch, lr: float) -> dict[str, Any]:
         raise NotImplementedError
 
-    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
-        """Hook for per-epoch schedules (SDARTS epsilon, DARTS- beta, DrNAS stages)."""
+    def on_epoch_start(self, epoch: int, model: nn.Module, training=None) -> None:
+        """Hook for per-epoch schedules (SDARTS epsilon, DARTS- beta, DrNAS stages);
+        `training` (`fastdarts.training.WeightTraining`) is the weight side of the loop, for
+        a method that replaces weights (DrNAS widening)."""
+
+    def describe(self) -> str:
+        """What the run log says about the method's settings, beyond the config."""
+        return ""
 
     # -- results -------------------------------------------------------------------------
     def genotype(self, model: nn.Module):

@@ -33,6 +33,7 @@ __all__ = ["DARTS"]
 
 class DARTS(SearchAlgorithm):
     name = "darts"
+    summary = "bilevel search over softmax(alpha) mixing weights, first or second order"
 
     def setup(self, model, weight_optimizer=None, flat_weights=None):
         super().setup(model, weight_optimizer, flat_weights)

@@ -18,6 +18,9 @@ class PCDARTS(DARTS):
     #: alpha and beta stay fixed for the first 15 of 50 epochs; shorter runs keep the ratio.
     WARMUP_EPOCHS, WARMUP_OF = 15, 50
 
+    summary = ("DARTS first order on partial-channel edges (1/K of the channels, shuffled) "
+               "with edge-normalisation betas and an architecture warm-up")
+
     @classmethod
-    def default_warmup(cls, epochs: int) -> int:
-        return round(cls.WARMUP_EPOCHS * epochs / cls.WARMUP_OF)
+    def default_warmup(cls, values: dict) -> int:
+        return round(cls.WARMUP_EPOCHS * values["epochs"] / cls.WARMUP_OF)

@@ -12,6 +12,7 @@ Structure, edge order, op construction and parameter counts follow the original 
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -25,13 +26,26 @@ from ..ops.darts import PRIMITIVES, FactorizedReduce, ReLUConvBN
 from ..recompute import recompute_darts_cell
 
 __all__ = ["MixedOp", "Cell", "DartsSupernet", "SPACE_OPS", "space_edge_ops", "NUM_EDGES",
-           "NODE_EDGES", "edge_normalised"]
+           "NODE_EDGES", "edge_normalised", "with_aux_weight", "set_aux_beta"]
 
 STEPS = 4
 NUM_EDGES = sum(2 + i for i in range(STEPS))  # 14
 #: The alpha rows of each node's incoming edges: [0:2], [2:5], [5:9], [9:14].
 NODE_EDGES = [(sum(2 + j for j in range(i)), sum(2 + j for j in range(i + 1)))
               for i in range(STEPS)]
+
+
+def with_aux_weight(weights: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """DARTS-: the mixing weights with one more column, the auxiliary skip's beta."""
+    return torch.cat([weights, beta.to(weights.dtype).expand(weights.shape[0], 1)], dim=1)
+
+
+def set_aux_beta(model: nn.Module, value: float) -> None:
+    if not getattr(model, "aux_skip", False):
+        raise ValueError("set_aux_beta: this supernet was built without aux_skip")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"value: the auxiliary skip's beta must be finite and >= 0; got {value}")
+    model.aux_beta.fill_(value)
 
 
 def edge_normalised(betas: torch.Tensor) -> torch.Tensor:
@@ -98,7 +112,7 @@ class Cell(nn.Module):
     def __init__(self, steps: int, multiplier: int, C_prev_prev: int, C_prev: int, C: int,
                  reduction: bool, reduction_prev: bool, edge_ops: Sequence[Sequence[str]],
                  affine: bool = False, memory: str = "low", partial_k: int | None = None,
-                 partial_selection: str = "first"):
+                 partial_selection: str = "first", aux_skip: bool = False):
         super().__init__()
         self.reduction = reduction
         self.memory = check_memory(memory)
@@ -115,7 +129,8 @@ class Cell(nn.Module):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
                 if partial_k is None:
-                    op = MixedOp(C, stride, edge_ops[edge], memory=memory, affine=affine)
+                    op = MixedOp(C, stride, edge_ops[edge], memory=memory, affine=affine,
+                                 aux_skip=aux_skip)
                 else:
                     op = PartialMixedOp(C, stride, partial_k, edge_ops[edge], memory=memory,
                                         affine=affine, selection=partial_selection)
@@ -170,6 +185,10 @@ class DartsSupernet(nn.Module):
             permutation per edge and step; `fastdarts.PartialMixedOp`).
         edge_normalisation: with partial_k, whether the supernet has PC-DARTS's betas (default
             True; DrNAS uses partial channels without them).
+        affine: every BatchNorm of the cells (ops, pools, preprocessing) has affine
+            parameters; False in DARTS search, True for RF-DARTS (`fastdarts.random_features`).
+        aux_skip: DARTS- (ALGORITHMS.md §2.6): every edge gets an auxiliary skip weighted by
+            the buffer `aux_beta` (`set_aux_beta`), outside the architecture and the genotype.
     """
 
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8,
@@ -177,8 +196,12 @@ class DartsSupernet(nn.Module):
                  steps: int = STEPS, multiplier: int = 4, stem_multiplier: int = 3,
                  primitives: Sequence[str] | None = None, memory: str = "low",
                  partial_k: int | None = None, partial_selection: str = "first",
-                 edge_normalisation: bool = True):
+                 edge_normalisation: bool = True, affine: bool = False,
+                 aux_skip: bool = False):
         super().__init__()
+        if aux_skip and partial_k is not None:
+            raise ValueError("aux_skip: the auxiliary skip (DARTS-) is not defined for "
+                             "partial-channel edges (partial_k)")
         self.memory = check_memory(memory)
         if steps != STEPS:
             raise ValueError(f"steps: the DARTS space has {STEPS} nodes per cell; got {steps}")
@@ -227,8 +250,8 @@ class DartsSupernet(nn.Module):
                 C_curr *= 2
             cell = Cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction,
                         reduction_prev, reduce_ops if reduction else normal_ops,
-                        memory=memory, partial_k=partial_k,
-                        partial_selection=partial_selection)
+                        affine=affine, memory=memory, partial_k=partial_k,
+                        partial_selection=partial_selection, aux_skip=aux_skip)
             self.cells.append(cell)
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
@@ -240,6 +263,9 @@ class DartsSupernet(nn.Module):
         if self.edge_normalisation:
             self.betas_normal = nn.Parameter(1e-3 * torch.randn(NUM_EDGES))
             self.betas_reduce = nn.Parameter(1e-3 * torch.randn(NUM_EDGES))
+        self.aux_skip = aux_skip
+        if aux_skip:
+            self.register_buffer("aux_beta", torch.tensor(1.0))
         for ops in (*normal_ops, *reduce_ops):
             if len(ops) != len(normal_ops[0]):
                 raise ValueError("every edge of a space must have the same number of ops "
@@ -275,6 +301,9 @@ class DartsSupernet(nn.Module):
         edge normalisation of the betas.
         """
         w_normal, w_reduce, e_normal, e_reduce = self._all_weights(weights)
+        if self.aux_skip:
+            w_normal, w_reduce = with_aux_weight(w_normal, self.aux_beta), with_aux_weight(
+                w_reduce, self.aux_beta)
         if self.stem_type == "cifar":
             s0 = s1 = self.stem(x)
         else:
@@ -302,6 +331,10 @@ class DartsSupernet(nn.Module):
         if not self.edge_normalisation:
             return (*weights, None, None)
         return (*weights, edge_normalised(self.betas_normal), edge_normalised(self.betas_reduce))
+
+    def set_aux_beta(self, value: float) -> None:
+        """DARTS-: the auxiliary skips' weight from now on (a buffer: saved, moved, no grad)."""
+        set_aux_beta(self, value)
 
     # -- derivation --------------------------------------------------------------------------
     def genotype(self, weights: tuple[torch.Tensor, ...] | None = None) -> DartsGenotype:
