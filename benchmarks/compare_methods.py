@@ -4,7 +4,8 @@ test accuracy, search time and the memory the search added, one fresh process pe
     python benchmarks/compare_methods.py --epochs 4 --layers 3 --out benchmarks/results/X
 
 Memory on the CPU: the resident-set high-water mark over the search (VmHWM, reset through
-/proc/self/clear_refs once the data are loaded) minus the resident set at that moment, with
+/proc/self/clear_refs once the data are loaded and the plotting library imported) minus the
+resident set at that moment, with
 every allocation of 4 KiB or more its own mapping (`memory_probe.probe_env`) so that freed
 activations leave the resident set. On a GPU: torch.cuda.max_memory_allocated over the search.
 Writes X.json and X.md.
@@ -24,11 +25,14 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.memory_probe import probe_env  # noqa: E402
 
-METHODS = ("darts", "pcdarts", "rf-darts", "rf-pcdarts", "sdarts-rs", "sdarts-adv", "drnas",
-           "darts-minus")
+METHODS = ("darts", "pcdarts", "rf-darts", "rf-pcdarts", "sdarts-rs", "drnas", "darts-minus",
+           "sdarts-adv")
 
 _CHILD = r"""
 import json, sys, time, torch
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot  # imported before the baseline: the plots are not the search's memory
 from fastdarts.data import load_dataset
 from fastdarts.search import SearchConfig, run_search
 from fastdarts.genotypes import genotype_to_dict

@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--init-channels", type=_positive_int, default=None)
     s.add_argument("--layers", type=_positive_int, default=None,
                    help="cells (DARTS spaces) or cells per stage (nb201)")
-    s.add_argument("--lr", type=float, default=None, help="weight learning rate [0.025; pcdarts 0.1]")
-    s.add_argument("--lr-min", type=float, default=None, help="cosine floor [0.001; pcdarts 0]")
+    s.add_argument("--lr", type=float, default=None, help="weight learning rate [0.025; pcdarts, drnas 0.1]")
+    s.add_argument("--lr-min", type=float, default=None, help="cosine floor [0.001; pcdarts, drnas 0]")
     s.add_argument("--momentum", type=float, default=None)
     s.add_argument("--weight-decay", type=float, default=None)
     s.add_argument("--grad-clip", type=float, default=None)
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch-weight-decay", type=float, default=None)
     s.add_argument("--arch-warmup-epochs", type=int, default=None,
                    help="epochs before architecture updates start [0; pcdarts 15 of 50, "
-                        "scaled to --epochs]")
+                        "scaled to --epochs; drnas 10 of each 25-epoch stage, scaled]")
     s.add_argument("--seed", type=int, default=None, help="[2, as DARTS]")
     s.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... [auto]")
     s.add_argument("--no-channels-last", action="store_true", default=None,

@@ -91,13 +91,14 @@ class SearchConfig:
     drnas_progressive: bool = True
     drnas_k: tuple[int, ...] | None = None  # partial-channel K per stage (None: the space's)
     drnas_ops: tuple[int, ...] | None = None  # ops kept per stage (None: the space's)
-    # DARTS-: the auxiliary skip's beta decays linearly from this to beta/epochs
+    # DARTS-: the auxiliary skip's beta decays linearly from this to this / epochs
     aux_skip_beta: float = 1.0
     steps_per_epoch: int | None = None  # a cap on the weight steps per epoch (quick trials)
 
     def resolved(self) -> "SearchConfig":
-        """A copy with every `None` filled from, in this order, the data-set preset, the
-        method's defaults (`SearchAlgorithm.DEFAULTS`) and DARTS's CIFAR defaults."""
+        """A copy with every `None` filled from, in this order, what the method needs on this
+        data set, the data-set preset, the method's defaults (`SearchAlgorithm.defaults`)
+        and DARTS's CIFAR defaults."""
         preset = DATASET_PRESETS.get(self.dataset, {})
         method = algorithm_class(self.algo)
         below, above = method.defaults(self.space, self.dataset)
@@ -162,7 +163,7 @@ class SearchConfig:
 
 #: fields that `resolved()` fills from presets and method defaults when None
 _RESOLVED = ("epochs", "batch_size", "init_channels", "layers", "arch_lr", "lr", "lr_min",
-             "partial_k", "drnas_k", "drnas_ops")
+             "partial_k")
 #: tuple fields (lists in JSON)
 _TUPLES = ("arch_betas", "drnas_k", "drnas_ops")
 

@@ -45,7 +45,3 @@ class WeightTraining:
                                "model's current weights; pass it to fastdarts.wider")
         self.flat = flat
         return flat
-
-    def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict()}
