@@ -1,14 +1,15 @@
-"""Every method on the same search budget on the embedded digits data set: genotype, supernet
-test accuracy, search time and the memory the search added, one fresh process per method.
+"""Every method on the same search budget on the embedded digits data set (genotype, supernet
+test accuracy, search time), and the memory of one search iteration (architecture step +
+weight step) of each method's supernet at CIFAR size, one fresh process per method.
 
-    python benchmarks/compare_methods.py --epochs 4 --layers 3 --out benchmarks/results/X
+    python benchmarks/compare_methods.py --epochs 3 --layers 3 --out benchmarks/results/X
 
-Memory on the CPU: the resident-set high-water mark over the search (VmHWM, reset through
-/proc/self/clear_refs once the data are loaded and the plotting library imported) minus the
-resident set at that moment, with
-every allocation of 4 KiB or more its own mapping (`memory_probe.probe_env`) so that freed
-activations leave the resident set. On a GPU: torch.cuda.max_memory_allocated over the search.
-Writes X.json and X.md.
+Memory: C=12 (divisible by DrNAS's K=6 and 4), 8 cells, 3x32x32 inputs, batch 16, first
+stage of each method; one iteration to warm up, then the peak of the next. On the CPU the
+resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs) minus the
+resident set before the iteration, every allocation of 4 KiB or more its own mapping
+(`memory_probe.probe_env`) so that freed tensors leave the resident set; on a GPU
+torch.cuda.max_memory_allocated minus the allocation before it. Writes X.json and X.md.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot  # imported before the baseline: the plots are not the search's memory
 from fastdarts.data import load_dataset
-from fastdarts.search import SearchConfig, run_search
+from fastdarts.search import SearchConfig, build_search, run_search, search_step
 from fastdarts.genotypes import genotype_to_dict
 args = json.loads(sys.argv[1])
 data = load_dataset("digits")
@@ -43,19 +44,40 @@ def status(key):
         if line.startswith(key):
             return int(line.split()[1]) * 1024
 cuda = args["device"] == "cuda"
+start = time.perf_counter()
+r = run_search(SearchConfig(**args["config"]), data=data, log=lambda *a: None)
+elapsed = time.perf_counter() - start
+
+# One iteration at CIFAR size: warm up, then measure.
+cfg = SearchConfig(algo=args["config"]["algo"], space=args["config"]["space"],
+                   dataset="cifar10", init_channels=12, layers=8, batch_size=16,
+                   arch_warmup_epochs=0, device=args["device"]).resolved()
+device = torch.device(args["device"])
+algo, model, training = build_search(cfg, 10, 3, device)
+fmt = torch.channels_last
+def batch():
+    return (torch.randn(16, 3, 32, 32, device=device).contiguous(memory_format=fmt),
+            torch.randint(0, 10, (16,), device=device))
+search_step(algo, model, training, batch(), batch(), cfg.lr, cfg.grad_clip)
+b, v = batch(), batch()
 if cuda:
+    torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
 else:
     open("/proc/self/clear_refs", "w").write("5")
     base = status("VmRSS:")
-start = time.perf_counter()
-r = run_search(SearchConfig(**args["config"]), data=data, log=lambda *a: None)
-elapsed = time.perf_counter() - start
+t0 = time.perf_counter()
+search_step(algo, model, training, b, v, cfg.lr, cfg.grad_clip)
+if cuda:
+    torch.cuda.synchronize()
+step_s = time.perf_counter() - t0
 peak = (torch.cuda.max_memory_allocated() if cuda else status("VmHWM:")) - base
+trained = sum(p.numel() for p in training.params)
 print(json.dumps({"test_accuracy": r.test_accuracy, "genotype": genotype_to_dict(r.genotype),
                   "final_val_accuracy": r.history[-1]["val_acc"], "search_s": elapsed,
-                  "peak_bytes": peak}))
+                  "iteration_peak_bytes": peak, "iteration_s": step_s,
+                  "trained_weights": trained}))
 """
 
 
@@ -63,7 +85,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--space", default="darts")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=2)
@@ -80,8 +102,9 @@ def main() -> int:
                                  env=probe_env(ROOT), capture_output=True, text=True, check=True)
             row = {"method": method, **json.loads(out.stdout.strip().splitlines()[-1])}
             rows.append(row)
-            print(f"{method}: test {row['test_accuracy']:.1f}%, {row['search_s']:.0f} s, "
-                  f"{row['peak_bytes'] / 2**20:.1f} MiB", flush=True)
+            print(f"{method}: test {row['test_accuracy']:.1f}%, {row['search_s']:.0f} s; "
+                  f"iteration {row['iteration_s']:.1f} s, "
+                  f"{row['iteration_peak_bytes'] / 2**20:.1f} MiB", flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()
     meta = {"date": datetime.date.today().isoformat(), "commit": commit, "space": args.space,
@@ -90,15 +113,19 @@ def main() -> int:
     Path(args.out + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [f"# Methods on digits ({args.space} space, {args.epochs} epochs, {args.layers} "
              f"cells, seed {args.seed}, {args.device}); commit {commit}, {meta['date']}", "",
-             "| method | supernet test acc. | final val acc. | search time | memory added "
-             "by the search | genotype |", "|---|---|---|---|---|---|"]
+             "Iteration columns: one architecture + weight step at CIFAR size (C=12, 8 cells, "
+             "32x32, batch 16, first stage), peak memory over the step and its time.", "",
+             "| method | supernet test acc. | final val acc. | search time | iteration peak "
+             "| iteration time | trained weights | genotype |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         g = r["genotype"]
         cells = "; ".join(f"{k}: " + " ".join(f"{op}~{i}" for op, i in g[k])
                           for k in ("normal", "reduce") if k in g) or g.get("arch_str", "")
         lines.append(f"| {r['method']} | {r['test_accuracy']:.1f}% | "
                      f"{r['final_val_accuracy']:.1f}% | {r['search_s']:.0f} s | "
-                     f"{r['peak_bytes'] / 2**20:.1f} MiB | {cells} |")
+                     f"{r['iteration_peak_bytes'] / 2**20:.1f} MiB | {r['iteration_s']:.1f} s | "
+                     f"{r['trained_weights']:,} | {cells} |")
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")
     return 0
 

@@ -28,7 +28,8 @@ from .report import JsonlLog, plot_arch_weights
 from .spaces import build_supernet
 from .training import WeightTraining
 
-__all__ = ["SearchConfig", "SearchResult", "run_search", "evaluate", "DATASET_PRESETS"]
+__all__ = ["SearchConfig", "SearchResult", "run_search", "build_search", "search_step",
+           "evaluate", "DATASET_PRESETS"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -269,6 +270,48 @@ class _Progress:
             self.bar.close()
 
 
+def build_search(cfg: SearchConfig, num_classes: int, in_channels: int, device,
+                 algorithm_state: dict | None = None):
+    """The method, its supernet (on `device`, channels_last if configured) and the weight
+    training of a resolved config; `algorithm_state` (a checkpoint's) gives the supernet the
+    structure the run had reached (DrNAS's stages). -> (algorithm, model, WeightTraining)."""
+    algo = get_algorithm(cfg.algo, cfg)
+    options = ({} if cfg.partial_k is None else
+               {"partial_k": cfg.partial_k, "partial_selection": cfg.partial_selection})
+    options.update(algo.supernet_options())
+    model = build_supernet(cfg.space, num_classes, in_channels, C=cfg.init_channels,
+                           layers=cfg.layers, memory=cfg.memory, **options).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    algo.prepare_model(model, algorithm_state)
+    # One buffer for all trained weights and one for their gradients (fastdarts.flat):
+    # zeroing is one kernel, and second-order DARTS writes its virtual step and
+    # perturbations into it.
+    training = WeightTraining(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.epochs,
+                              cfg.lr_min)
+    algo.setup(model, training.optimizer, training.flat)
+    return algo, model, training
+
+
+def search_step(algo, model: nn.Module, training: WeightTraining, batch, val_batch, lr: float,
+                grad_clip: float):
+    """One iteration: the architecture step on `val_batch` (skipped when None, during a
+    warm-up), then the weight step on `batch`. -> (loss, logits, architecture loss or None),
+    on the device (nothing here waits for the device)."""
+    arch_loss = None
+    if val_batch is not None:
+        arch_loss = algo.arch_step(model, batch, val_batch, lr)["arch_loss"]
+    x, y = batch
+    weights = algo.weight_step_weights(model, batch)
+    training.flat.zero_grad()
+    logits = model(x, weights)
+    loss = algo.loss(logits, y)
+    loss.backward(inputs=training.params)  # accumulates into the flat gradient buffer
+    nn.utils.clip_grad_norm_(training.params, grad_clip)
+    training.optimizer.step()
+    return loss.detach(), logits.detach(), arch_loss
+
+
 def run_search(config: SearchConfig, resume: bool = False, data: SearchData | None = None,
                stop_after_epochs: int | None = None, log=print) -> SearchResult:
     """Run (or resume) a search; see the module docstring.
@@ -311,23 +354,11 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
     torch.manual_seed(cfg.seed)
     if data is None:
         data = load_dataset(cfg.dataset, cfg.data_dir)
-    algo = get_algorithm(cfg.algo, cfg)
-    options = ({} if cfg.partial_k is None else
-               {"partial_k": cfg.partial_k, "partial_selection": cfg.partial_selection})
-    options.update(algo.supernet_options())
-    model = build_supernet(cfg.space, data.spec.num_classes, data.spec.in_channels,
-                           C=cfg.init_channels, layers=cfg.layers, memory=cfg.memory,
-                           **options).to(device)
+    algo, model, training = build_search(
+        cfg, data.spec.num_classes, data.spec.in_channels, device,
+        None if checkpoint is None else checkpoint["algorithm"])
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    algo.prepare_model(model, None if checkpoint is None else checkpoint["algorithm"])
-    # One buffer for all trained weights and one for their gradients (fastdarts.flat):
-    # zeroing is one kernel, and second-order DARTS writes its virtual step and
-    # perturbations into it.
-    training = WeightTraining(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.epochs,
-                              cfg.lr_min)
     w_optimizer, scheduler = training.optimizer, training.scheduler
-    algo.setup(model, w_optimizer, training.flat)
     train_loader = BatchLoader(data.train, data.spec, cfg.batch_size, shuffle=True, train=True,
                                seed=cfg.seed)
     # The architecture split is augmented like the training split, as in DARTS (§5.2).
@@ -375,21 +406,17 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
         # islice stops without drawing (and augmenting) one batch too many: resume stays exact
         for x, y in itertools.islice(iter(train_loader), steps):
             x, y = _to(x, device, memory_format), y.to(device, non_blocking=True)
+            val_batch = None
             if arch_on:
                 xv, yv = val_stream.next()
-                out = algo.arch_step(model, (x, y), (_to(xv, device, memory_format),
-                                                     yv.to(device)), lr)
-                arch_loss = float(out["arch_loss"])
+                val_batch = (_to(xv, device, memory_format), yv.to(device))
+            loss, logits, arch_loss = search_step(algo, model, training, (x, y), val_batch, lr,
+                                                  cfg.grad_clip)
+            if arch_loss is not None:
+                arch_loss = float(arch_loss)
                 _check_finite(arch_loss, "architecture", epoch, model)
                 sums["arch_loss"] += arch_loss
                 sums["arch_steps"] += 1
-            weights = algo.weight_step_weights(model, (x, y))
-            training.flat.zero_grad()
-            logits = model(x, weights)
-            loss = algo.loss(logits, y)
-            loss.backward(inputs=training.params)  # accumulates into the flat gradient buffer
-            nn.utils.clip_grad_norm_(training.params, cfg.grad_clip)
-            w_optimizer.step()
             loss_value = loss.item()
             _check_finite(loss_value, "weight", epoch, model)
             sums["loss"] += loss_value * len(y)
