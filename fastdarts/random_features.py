@@ -34,7 +34,13 @@ class _FrozenConvFunction(torch.autograd.Function):
     def backward(ctx, g):
         (weight,) = ctx.saved_tensors
         shape, stride, padding, dilation, groups = ctx.conf
-        dx = torch.nn.grad.conv2d_input(shape, weight, g, stride, padding, dilation, groups)
+        # dx is the transposed convolution of g; output_padding recovers the rows and
+        # columns a strided forward dropped. (conv2d_input, on an expanded empty input,
+        # runs 2-4x slower on the CPU.)
+        k = weight.shape[2:]
+        extra = tuple(shape[2 + i] - ((g.shape[2 + i] - 1) * stride[i] - 2 * padding[i]
+                                      + dilation[i] * (k[i] - 1) + 1) for i in range(2))
+        dx = F.conv_transpose2d(g, weight, None, stride, padding, extra, groups, dilation)
         return dx, None, None, None, None, None, None
 
 
