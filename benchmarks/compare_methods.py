@@ -91,6 +91,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=2)
     parser.add_argument("--out", required=True, help="path prefix of the .json and .md")
     args = parser.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()  # what runs
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
@@ -105,8 +107,6 @@ def main() -> int:
             print(f"{method}: test {row['test_accuracy']:.1f}%, {row['search_s']:.0f} s; "
                   f"iteration {row['iteration_s']:.1f} s, "
                   f"{row['iteration_peak_bytes'] / 2**20:.1f} MiB", flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
     meta = {"date": datetime.date.today().isoformat(), "commit": commit, "space": args.space,
             "epochs": args.epochs, "layers": args.layers, "device": args.device,
             "seed": args.seed, "dataset": "digits"}
