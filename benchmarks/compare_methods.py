@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -91,8 +92,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=2)
     parser.add_argument("--out", required=True, help="path prefix of the .json and .md")
     args = parser.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()  # what runs
+    commit = os.environ.get("FASTDARTS_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+        text=True).stdout.strip()  # the code that runs (a GPU copy has no .git)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
