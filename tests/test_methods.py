@@ -16,7 +16,6 @@ from fastdarts.algorithms.drnas import (concentration, edges_by_row, kl_to_unifo
                                         mean_weights, sample_weights, stage_plan)
 from fastdarts.algorithms.sdarts import attack, epsilon_at, project_rows
 from fastdarts.mixed import MixedOp
-from fastdarts.partial import PartialMixedOp
 from fastdarts.random_features import FrozenConv2d, freeze_random_features
 from fastdarts.reference.methods import (darts_minus_beta_ref, drnas_masked_sample_ref,
                                          sdarts_clip_ref, sdarts_pgd_ref, sdarts_random_ref)
