@@ -57,29 +57,35 @@ def concentration(theta: torch.Tensor) -> torch.Tensor:
     return (F.elu(theta) + 1).clamp_min(MIN_CONCENTRATION)
 
 
+def _kept(theta: torch.Tensor, kept_idx: torch.Tensor | None) -> torch.Tensor:
+    """The concentrations of the kept ops, (rows, k); all ops when `kept_idx` is None."""
+    beta = concentration(theta)
+    return beta if kept_idx is None else beta.gather(1, kept_idx)
+
+
+def _scatter(theta: torch.Tensor, kept_idx: torch.Tensor | None, w: torch.Tensor):
+    """Kept-op values back into rows shaped like theta, 0 on the pruned ops."""
+    return w if kept_idx is None else torch.zeros_like(theta).scatter(1, kept_idx, w)
+
+
 def sample_weights(theta: torch.Tensor, kept_idx: torch.Tensor | None = None,
                    reparameterised: bool = True) -> torch.Tensor:
     """One sample per row of Dir(beta) over the kept ops (`kept_idx` (rows, k), None for
     all); pruned ops get exactly 0. Pathwise gradients when `reparameterised`."""
-    beta = concentration(theta)
-    b = beta if kept_idx is None else beta.gather(1, kept_idx)
-    dist = Dirichlet(b, validate_args=False)  # validation would synchronise with the host
-    w = dist.rsample() if reparameterised else dist.sample()
-    return w if kept_idx is None else torch.zeros_like(beta).scatter(1, kept_idx, w)
+    # validate_args=False: validation would synchronise with the host
+    dist = Dirichlet(_kept(theta, kept_idx), validate_args=False)
+    return _scatter(theta, kept_idx, dist.rsample() if reparameterised else dist.sample())
 
 
 def mean_weights(theta: torch.Tensor, kept_idx: torch.Tensor | None = None) -> torch.Tensor:
     """The Dirichlet mean beta_kept / sum(beta_kept) (0 on pruned ops)."""
-    beta = concentration(theta)
-    b = beta if kept_idx is None else beta.gather(1, kept_idx)
-    m = b / b.sum(-1, keepdim=True)
-    return m if kept_idx is None else torch.zeros_like(beta).scatter(1, kept_idx, m)
+    b = _kept(theta, kept_idx)
+    return _scatter(theta, kept_idx, b / b.sum(-1, keepdim=True))
 
 
 def kl_to_uniform(theta: torch.Tensor, kept_idx: torch.Tensor | None = None) -> torch.Tensor:
     """sum over rows of KL(Dir(beta_kept) || Dir(1))."""
-    beta = concentration(theta)
-    b = beta if kept_idx is None else beta.gather(1, kept_idx)
+    b = _kept(theta, kept_idx)
     return kl_divergence(Dirichlet(b, validate_args=False),
                          Dirichlet(torch.ones_like(b), validate_args=False)).sum()
 
@@ -124,15 +130,17 @@ class DrNAS(DARTS):
                "gradients) with progressive learning: partial channels K 6 -> 4 while "
                "pruning ops 7 -> 4")
 
+    # digits: the preset's C = 8 does not split into 6 partitions; 12 does at every stage
+    DATASET_DEFAULTS = {"digits": {"init_channels": 12}}
+
     @classmethod
     def defaults(cls, space, dataset):
+        _, above = super().defaults(space, dataset)
         if space == "nb201":
             below = {"epochs": 100, "lr": 0.025, "lr_min": 0.001, "arch_lr": 3e-4}
         else:  # searches at evaluation size, C = 36, L = 20
             below = {"epochs": 50, "lr": 0.1, "lr_min": 0.0, "arch_lr": 6e-4,
                      "init_channels": 36, "layers": 20}
-        # digits: the preset's C = 8 does not split into 6 partitions; 12 does at every stage
-        above = {"init_channels": 12} if dataset == "digits" else {}
         return below, above
 
     @classmethod
