@@ -32,9 +32,9 @@ for stage in "$@"; do
       done ;;
     bench-pcdarts)
       python3 -m pytest -q -p no:cacheprovider benchmarks/bench_pcdarts.py \
-        --benchmark-json="$OUT/$STAMP-pcdarts_imagenet.json" 2>&1 | tail -5
-      python3 benchmarks/summarize.py "$OUT/$STAMP-pcdarts_imagenet.json" \
-        | tee "$OUT/$STAMP-pcdarts_imagenet.md" ;;
+        --benchmark-json="$OUT/$STAMP-imagenet_supernets.json" 2>&1 | tail -5
+      python3 benchmarks/summarize.py "$OUT/$STAMP-imagenet_supernets.json" \
+        | tee "$OUT/$STAMP-imagenet_supernets.md" ;;
     bench-second-order)
       python3 -m pytest -q -p no:cacheprovider benchmarks/bench_second_order.py \
         --benchmark-json="$OUT/$STAMP-second_order.json" 2>&1 | tail -5

@@ -35,10 +35,15 @@ def probe_env(root) -> dict:
 
 def build(space: str, mode: str, C: int, layers: int | None, device, channels_last: bool,
           seed: int = 0, stem: str = "cifar", num_classes: int = 10,
-          partial_k: int | None = None):
+          partial_k: int | None = None, primitives: tuple[str, ...] | None = None,
+          edge_normalisation: bool = True):
     torch.manual_seed(seed)
     memory = "reference" if mode in ("reference", "checkpoint") else mode
     extra = {} if partial_k is None else {"partial_k": partial_k}
+    if primitives is not None:
+        extra["primitives"] = tuple(primitives)
+    if not edge_normalisation:
+        extra["edge_normalisation"] = False
     model = build_supernet(space, num_classes, C=C, layers=layers, memory=memory,
                            stem=stem, **extra).to(device)
     if channels_last:
@@ -106,10 +111,11 @@ def peak_bytes(model, x, y, device) -> int:
 
 
 def measure(space, mode, batch, size, C, layers, device, channels_last, repeats, stem,
-            num_classes, partial_k=None):
+            num_classes, partial_k=None, primitives=None, edge_normalisation=True):
     device = torch.device(device)
     model = build(space, mode, C, layers, device, channels_last, stem=stem,
-                  num_classes=num_classes, partial_k=partial_k)
+                  num_classes=num_classes, partial_k=partial_k, primitives=primitives,
+                  edge_normalisation=edge_normalisation)
     g = torch.Generator().manual_seed(1)
     in_ch = 3
     x = torch.randn(batch, in_ch, size, size, generator=g).to(device)
@@ -157,13 +163,17 @@ def main(argv=None):
     ap.add_argument("--stem", default="cifar")
     ap.add_argument("--num-classes", type=int, default=10)
     ap.add_argument("--partial-k", type=int, default=None, help="PC-DARTS partitions K")
+    ap.add_argument("--primitives", default=None, help="comma-separated ops of every edge")
+    ap.add_argument("--no-edge-normalisation", action="store_true",
+                    help="partial-channel edges without betas (DrNAS)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args(argv)
     print(json.dumps(measure(a.space, a.mode, a.batch, a.size, a.C, a.layers, a.device,
                              not a.no_channels_last, a.repeats, a.stem, a.num_classes,
-                             a.partial_k)))
+                             a.partial_k, a.primitives and tuple(a.primitives.split(",")),
+                             not a.no_edge_normalisation)))
 
 
 if __name__ == "__main__":

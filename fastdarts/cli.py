@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method [darts]: " + "; ".join(
                        f"{name}: {cls.summary}" for name, cls in sorted(ALGORITHMS.items())))
     s.add_argument("--dataset", choices=sorted(DATASETS), default=None, help="data set [digits]")
-    s.add_argument("--data-dir", default=None, help="folder holding the data set's files")
+    s.add_argument("--data-dir", default=None, help="folder holding the data set's files "
+                   "(imagenet: the folder with train/<wnid>/ and, for a test split, val/<wnid>/)")
     s.add_argument("--run-dir", default=None,
                    help="output folder [runs/<algo>-<space>-<dataset>-seed<seed>]")
     s.add_argument("--epochs", type=_positive_int, default=None)
@@ -48,11 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--momentum", type=float, default=None)
     s.add_argument("--weight-decay", type=float, default=None)
     s.add_argument("--grad-clip", type=float, default=None)
+    s.add_argument("--lr-warmup-epochs", type=int, default=None,
+                   help="linear learning-rate warm-up [5 on imagenet with batch > 256, else 0]")
     s.add_argument("--arch-lr", type=float, default=None)
     s.add_argument("--arch-weight-decay", type=float, default=None)
+    s.add_argument("--arch-grad-clip", type=float, default=None,
+                   help="gradient-norm clip of the architecture step, 0 off [imagenet 5, else off]")
     s.add_argument("--arch-warmup-epochs", type=int, default=None,
                    help="epochs before architecture updates start [0; pcdarts 15 of 50, "
-                        "scaled to --epochs; drnas 10 of each 25-epoch stage, scaled]")
+                        "scaled to --epochs (35 of 50 on imagenet); drnas 10 of each 25-epoch "
+                        "stage, scaled]")
     s.add_argument("--seed", type=int, default=None, help="[2, as DARTS]")
     s.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... [auto]")
     s.add_argument("--no-channels-last", action="store_true", default=None,
@@ -75,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="second order: eps = hvp_r / ||v|| [0.01]")
     s.add_argument("--steps-per-epoch", type=_positive_int, default=None,
                    help="stop each epoch after this many weight steps (quick trials) [all]")
+    d = s.add_argument_group("imagenet options")
+    d.add_argument("--imagenet-fractions", type=float, nargs=2, default=None,
+                   metavar=("WEIGHTS", "ARCH"),
+                   help="per-class fractions of train/ for the weight and the architecture "
+                        "splits (disjoint, fixed across searches) [0.1 0.025, as PC-DARTS]")
+    d.add_argument("--image-size", type=_positive_int, default=None,
+                   help="training crop (RandomResizedCrop) and evaluation centre crop [224]")
+    d.add_argument("--data-workers", type=int, default=None,
+                   help="processes decoding JPEG batches [min(8, cores)]")
     m = s.add_argument_group("method options (ignored by other methods)")
     m.add_argument("--rf-seed", type=int, default=None,
                    help="rf-darts, rf-pcdarts: seed of the frozen random convolutions "
@@ -93,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--drnas-no-progressive", action="store_true", default=None,
                    help="drnas: one stage, full channels, every op")
     m.add_argument("--drnas-k", type=_positive_int, nargs="+", default=None,
-                   help="drnas: partial-channel K per stage [6 4; nb201: 4 2]")
+                   help="drnas: partial-channel K per stage [6 4; imagenet 6 3; nb201 4 2]")
     m.add_argument("--drnas-ops", type=_positive_int, nargs="+", default=None,
                    help="drnas: ops kept per stage [7 4; nb201: 5 3]")
     m.add_argument("--aux-skip-beta", type=float, default=None,
@@ -128,7 +143,7 @@ def _config_from_args(args: argparse.Namespace) -> tuple[SearchConfig, bool]:
             raise SystemExit(f"fastdarts search: --resume: no {CHECKPOINT} in {given['run_dir']}")
         stored = json.loads(config_path.read_text())
         stored.update(given)
-        for key in ("arch_betas", "drnas_k", "drnas_ops"):
+        for key in ("arch_betas", "drnas_k", "drnas_ops", "imagenet_fractions"):
             if stored.get(key) is not None:
                 stored[key] = tuple(stored[key])
         names = {f.name for f in dataclasses.fields(SearchConfig)}

@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from torch import nn
 
 from .algorithms import algorithm_class, get_algorithm
 from .checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
-from .data import BatchLoader, InfiniteLoader, SearchData, load_dataset
+from .data import InfiniteLoader, SearchData, load_dataset, make_loader, to_device
 from .genotypes import genotype_to_dict, save_genotype
 from .report import JsonlLog, plot_arch_weights
 from .spaces import build_supernet
@@ -40,7 +41,14 @@ DATASET_PRESETS = {
     "digits": {"epochs": 10, "batch_size": 64, "init_channels": 8, "layers": 5,
                "arch_lr": 3e-3},
     "synthetic": {"epochs": 2, "batch_size": 32, "init_channels": 4, "layers": 3},
+    # direct search at 224x224 (PC-DARTS's ImageNet settings, ALGORITHMS.md §3.3): the
+    # ImageNet stem, a cosine from 0.5 with a 5-epoch warm-up (batches > 256), Adam 6e-3 and
+    # the gradient clip on the architecture too
+    "imagenet": {"epochs": 50, "batch_size": 1024, "init_channels": 16, "layers": 8,
+                 "lr": 0.5, "lr_min": 0.0, "arch_lr": 6e-3, "arch_grad_clip": 5.0},
 }
+#: the ImageNet warm-up applies to batches over this (PC-DARTS, DrNAS)
+LR_WARMUP_BATCH, LR_WARMUP_EPOCHS = 256, 5
 
 
 @dataclass
@@ -65,10 +73,12 @@ class SearchConfig:
     momentum: float = 0.9
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
+    lr_warmup_epochs: int | None = None  # linear LR warm-up (None: 5 on ImageNet, batch > 256)
     arch_lr: float | None = None
     arch_betas: tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = 1e-3
     arch_warmup_epochs: int | None = None
+    arch_grad_clip: float | None = None  # gradient-norm clip of the arch step (None, 0: off)
     seed: int = 2
     device: str = "auto"
     channels_last: bool = True
@@ -95,6 +105,11 @@ class SearchConfig:
     # DARTS-: the auxiliary skip's beta decays linearly from this to this / epochs
     aux_skip_beta: float = 1.0
     steps_per_epoch: int | None = None  # a cap on the weight steps per epoch (quick trials)
+    # ImageNet (fastdarts.data.imagenet): per-class fractions of train/ for the weights and
+    # the architecture, the crop size, and the decoding processes (None: min(8, cores))
+    imagenet_fractions: tuple[float, float] = (0.1, 0.025)
+    image_size: int | None = None
+    data_workers: int | None = None
 
     def resolved(self) -> "SearchConfig":
         """A copy with every `None` filled from, in this order, what the method needs on this
@@ -112,6 +127,12 @@ class SearchConfig:
                     key, darts_defaults.get(key))))
         if values["arch_warmup_epochs"] is None:
             values["arch_warmup_epochs"] = method.default_warmup(values)
+        if values["lr_warmup_epochs"] is None:
+            values["lr_warmup_epochs"] = (LR_WARMUP_EPOCHS if self.dataset == "imagenet" and
+                                          values["batch_size"] > LR_WARMUP_BATCH else 0)
+        if values["data_workers"] is None:
+            values["data_workers"] = (min(8, os.cpu_count() or 1)
+                                      if self.dataset == "imagenet" else 0)
         for key in _TUPLES:
             if values[key] is not None:
                 values[key] = tuple(values[key])
@@ -137,8 +158,21 @@ class SearchConfig:
             raise ValueError(f"hvp_r must be a positive finite number; got {self.hvp_r}")
         if self.partial_k is not None and self.partial_k < 1:
             raise ValueError(f"partial_k must be >= 1; got {self.partial_k}")
-        if self.arch_warmup_epochs is not None and self.arch_warmup_epochs < 0:
-            raise ValueError(f"arch_warmup_epochs must be >= 0; got {self.arch_warmup_epochs}")
+        for name in ("arch_warmup_epochs", "lr_warmup_epochs", "data_workers"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0; got {value}")
+        if self.arch_grad_clip is not None and not (math.isfinite(self.arch_grad_clip)
+                                                    and self.arch_grad_clip >= 0):
+            raise ValueError(f"arch_grad_clip must be finite and >= 0 (0: off); got "
+                             f"{self.arch_grad_clip}")
+        if self.image_size is not None and self.dataset != "imagenet":
+            raise ValueError(f"image_size is an ImageNet option (the other data sets have "
+                             f"their native size); got {self.image_size} for {self.dataset}")
+        fractions = tuple(self.imagenet_fractions)
+        if len(fractions) != 2 or any(not 0 < f <= 1 for f in fractions) or sum(fractions) > 1:
+            raise ValueError(f"imagenet_fractions must be two fractions in (0, 1] (weights, "
+                             f"architecture) summing to <= 1; got {list(fractions)}")
         if not 0 <= self.sdarts_epsilon_min <= self.sdarts_epsilon <= 1:
             raise ValueError(f"sdarts_epsilon_min and sdarts_epsilon must satisfy 0 <= min <= "
                              f"max <= 1; got {self.sdarts_epsilon_min}, {self.sdarts_epsilon}")
@@ -164,13 +198,14 @@ class SearchConfig:
 
 #: fields that `resolved()` fills from presets and method defaults when None
 _RESOLVED = ("epochs", "batch_size", "init_channels", "layers", "arch_lr", "lr", "lr_min",
-             "partial_k")
+             "partial_k", "arch_grad_clip")
 #: tuple fields (lists in JSON)
-_TUPLES = ("arch_betas", "drnas_k", "drnas_ops")
+_TUPLES = ("arch_betas", "drnas_k", "drnas_ops", "imagenet_fractions")
 
 
-# Fields that may differ between a run and its resumption without changing the result.
-_RESUME_FREE = {"run_dir", "device", "progress", "data_dir"}
+# Fields that may differ between a run and its resumption without changing the result
+# (decoded ImageNet crops depend on the pass and position only, not on the workers).
+_RESUME_FREE = {"run_dir", "device", "progress", "data_dir", "data_workers"}
 
 
 @dataclass
@@ -191,19 +226,16 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _to(x: torch.Tensor, device: torch.device, memory_format) -> torch.Tensor:
-    return x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-
-
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: BatchLoader, device: torch.device, weights=None,
+def evaluate(model: nn.Module, loader, device: torch.device, weights=None,
              memory_format=torch.contiguous_format):
-    """Mean loss and accuracy (%) of `model` in eval mode over one pass of `loader`."""
+    """Mean loss and accuracy (%) of `model` in eval mode over one pass of `loader` (a
+    `BatchLoader` or `FileBatchLoader`)."""
     was_training = model.training
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
     for x, y in loader.batches(0):
-        x, y = _to(x, device, memory_format), y.to(device)
+        x, y = to_device(x, loader.spec, device, memory_format), y.to(device)
         logits = model(x, weights)
         total_loss += nn.functional.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
@@ -271,14 +303,17 @@ class _Progress:
 
 
 def build_search(cfg: SearchConfig, num_classes: int, in_channels: int, device,
-                 algorithm_state: dict | None = None):
-    """The method, its supernet (on `device`, channels_last if configured) and the weight
-    training of a resolved config; `algorithm_state` (a checkpoint's) gives the supernet the
-    structure the run had reached (DrNAS's stages). -> (algorithm, model, WeightTraining)."""
+                 algorithm_state: dict | None = None, stem: str = "cifar"):
+    """The method, its supernet (on `device`, channels_last if configured, with the data
+    set's `stem`) and the weight training of a resolved config; `algorithm_state` (a
+    checkpoint's) gives the supernet the structure the run had reached (DrNAS's stages).
+    -> (algorithm, model, WeightTraining)."""
     algo = get_algorithm(cfg.algo, cfg)
     options = ({} if cfg.partial_k is None else
                {"partial_k": cfg.partial_k, "partial_selection": cfg.partial_selection})
     options.update(algo.supernet_options())
+    if stem != "cifar":
+        options["stem"] = stem
     model = build_supernet(cfg.space, num_classes, in_channels, C=cfg.init_channels,
                            layers=cfg.layers, memory=cfg.memory, **options).to(device)
     if cfg.channels_last:
@@ -288,7 +323,7 @@ def build_search(cfg: SearchConfig, num_classes: int, in_channels: int, device,
     # zeroing is one kernel, and second-order DARTS writes its virtual step and
     # perturbations into it.
     training = WeightTraining(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.epochs,
-                              cfg.lr_min)
+                              cfg.lr_min, cfg.lr_warmup_epochs)
     algo.setup(model, training.optimizer, training.flat)
     return algo, model, training
 
@@ -353,20 +388,24 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
         torch.backends.cudnn.benchmark = False
     torch.manual_seed(cfg.seed)
     if data is None:
-        data = load_dataset(cfg.dataset, cfg.data_dir)
+        options = ({"fractions": cfg.imagenet_fractions, "image_size": cfg.image_size or 224}
+                   if cfg.dataset == "imagenet" else {})
+        data = load_dataset(cfg.dataset, cfg.data_dir, **options)
     algo, model, training = build_search(
         cfg, data.spec.num_classes, data.spec.in_channels, device,
-        None if checkpoint is None else checkpoint["algorithm"])
+        None if checkpoint is None else checkpoint["algorithm"], stem=data.spec.stem)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     w_optimizer, scheduler = training.optimizer, training.scheduler
-    train_loader = BatchLoader(data.train, data.spec, cfg.batch_size, shuffle=True, train=True,
-                               seed=cfg.seed)
+
+    def loader(split, batch_size, train, seed=0):
+        return make_loader(split, data.spec, batch_size, shuffle=train, train=train, seed=seed,
+                           workers=cfg.data_workers, pin_memory=device.type == "cuda")
+
+    train_loader = loader(data.train, cfg.batch_size, True, cfg.seed)
     # The architecture split is augmented like the training split, as in DARTS (§5.2).
-    val_stream = InfiniteLoader(BatchLoader(data.val, data.spec, cfg.batch_size, shuffle=True,
-                                            train=True, seed=cfg.seed + 7))
-    val_eval = BatchLoader(data.val, data.spec, 256, shuffle=False, train=False)
-    test_eval = (BatchLoader(data.test, data.spec, 256, shuffle=False, train=False)
-                 if data.test is not None else None)
+    val_stream = InfiniteLoader(loader(data.val, cfg.batch_size, True, cfg.seed + 7))
+    val_eval = loader(data.val, 256, False)
+    test_eval = loader(data.test, 256, False) if data.test is not None else None
     log_file = JsonlLog(run_dir / "log.jsonl")
 
     start_epoch, history = 0, []
@@ -395,7 +434,7 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
         if stop_after_epochs is not None and epoch >= stop_after_epochs:
             break
         algo.on_epoch_start(epoch, model, training)
-        lr = scheduler.get_last_lr()[0]
+        lr = training.start_epoch(epoch)
         arch_on = algo.arch_updates_enabled(epoch)
         model.train()
         sums = {"loss": 0.0, "correct": 0, "count": 0, "arch_loss": 0.0, "arch_steps": 0}
@@ -405,11 +444,13 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
         bar = _Progress(cfg.progress, steps, f"epoch {epoch + 1}/{cfg.epochs}")
         # islice stops without drawing (and augmenting) one batch too many: resume stays exact
         for x, y in itertools.islice(iter(train_loader), steps):
-            x, y = _to(x, device, memory_format), y.to(device, non_blocking=True)
+            x = to_device(x, data.spec, device, memory_format)
+            y = y.to(device, non_blocking=True)
             val_batch = None
             if arch_on:
                 xv, yv = val_stream.next()
-                val_batch = (_to(xv, device, memory_format), yv.to(device))
+                val_batch = (to_device(xv, data.spec, device, memory_format),
+                             yv.to(device, non_blocking=True))
             loss, logits, arch_loss = search_step(algo, model, training, (x, y), val_batch, lr,
                                                   cfg.grad_clip)
             if arch_loss is not None:
@@ -427,7 +468,7 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
                        acc=f"{100 * sums['correct'] / sums['count']:.1f}",
                        img_s=f"{sums['count'] / max(elapsed, 1e-9):.0f}")
         bar.close()
-        scheduler.step()
+        training.end_epoch()
         epoch_time = time.perf_counter() - epoch_start
 
         with torch.no_grad():

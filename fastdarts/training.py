@@ -19,16 +19,41 @@ def trainable_weights(model: nn.Module) -> list[nn.Parameter]:
 
 class WeightTraining:
     """SGD with momentum and weight decay over the flat weight buffers, with a cosine
-    learning rate stepped once per epoch (ALGORITHMS.md §3)."""
+    learning rate stepped once per epoch (ALGORITHMS.md §3) and an optional linear warm-up.
+
+    Warm-up (PC-DARTS and DrNAS on ImageNet with batches over 256): epoch e < W runs at
+    cosine(e) * (e + 1) / W. The originals write that value into the optimiser while a
+    CosineAnnealingLR is active, whose recursive formula then continues from the written
+    value (ALGORITHMS.md §5); here the scheduler gets its own value back before it steps,
+    so the schedule after the warm-up is the plain cosine.
+    """
 
     def __init__(self, model: nn.Module, lr: float, momentum: float, weight_decay: float,
-                 epochs: int, lr_min: float):
+                 epochs: int, lr_min: float, lr_warmup_epochs: int = 0):
+        if lr_warmup_epochs < 0:
+            raise ValueError(f"lr_warmup_epochs must be >= 0; got {lr_warmup_epochs}")
         self.model = model
         self.flat = FlatParameters(trainable_weights(model), "weights")
         self.optimizer = torch.optim.SGD(self.flat.params, lr=lr, momentum=momentum,
                                          weight_decay=weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, epochs,
                                                                     eta_min=lr_min)
+        self.lr_warmup_epochs = lr_warmup_epochs
+
+    def start_epoch(self, epoch: int) -> float:
+        """Set and return the learning rate of `epoch` (the cosine's, warmed up)."""
+        lr = self.scheduler.get_last_lr()[0]
+        if epoch < self.lr_warmup_epochs:
+            lr = lr * (epoch + 1) / self.lr_warmup_epochs
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def end_epoch(self) -> None:
+        """Step the cosine schedule from its own value, not the warmed-up one."""
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+            group["lr"] = lr
+        self.scheduler.step()
 
     @property
     def params(self) -> list[nn.Parameter]:

@@ -91,6 +91,16 @@ class SearchAlgorithm:
     def arch_step(self, model: nn.Module, train_batch, val_batch, lr: float) -> dict[str, Any]:
         raise NotImplementedError
 
+    def step_architecture(self) -> None:
+        """The architecture optimiser's step on the gradients `arch_step` stored, after the
+        gradient-norm clip `arch_grad_clip` where one is set (PC-DARTS and DrNAS on ImageNet
+        clip the architecture gradient at 5, like the weights')."""
+        clip = getattr(self.config, "arch_grad_clip", None)
+        if clip:
+            params = [p for g in self.arch_optimizer.param_groups for p in g["params"]]
+            nn.utils.clip_grad_norm_(params, clip)
+        self.arch_optimizer.step()
+
     def on_epoch_start(self, epoch: int, model: nn.Module, training=None) -> None:
         """Hook for per-epoch schedules (SDARTS epsilon, DARTS- beta, DrNAS stages);
         `training` (`fastdarts.training.WeightTraining`) is the weight side of the loop, for

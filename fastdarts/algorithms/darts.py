@@ -46,7 +46,7 @@ class DARTS(SearchAlgorithm):
     def arch_step(self, model, train_batch, val_batch, lr):
         if self.config.order == 2:
             val_loss = self.second_order_grads(model, train_batch, val_batch)
-            self.arch_optimizer.step()
+            self.step_architecture()
             return {"arch_loss": val_loss}
         x_val, y_val = val_batch
         arch = model.arch_parameters()
@@ -54,7 +54,7 @@ class DARTS(SearchAlgorithm):
         logits = model(x_val, self.mixing_weights(model, "arch"))
         loss = self.loss(logits, y_val)
         grads_into(loss, arch)
-        self.arch_optimizer.step()
+        self.step_architecture()
         return {"arch_loss": loss.detach()}
 
     def _loss_at_current_weights(self, model, batch):

@@ -42,14 +42,19 @@ MIN_CONCENTRATION = 1e-3
 #: DrNAS's 7 DARTS-space ops: the DARTS ops without `none`
 DARTS_OPS = tuple(op for op in DARTS_PRIMITIVES if op != "none")
 #: (K per stage, kept ops per stage) of progressive learning (ALGORITHMS.md §2.5)
-PROGRESSIVE = {"darts": ((6, 4), (7, 4)), "nb201": ((4, 2), (5, 3))}
+PROGRESSIVE = {"darts": ((6, 4), (7, 4)), "imagenet": ((6, 3), (7, 4)),
+               "nb201": ((4, 2), (5, 3))}
 #: architecture warm-up: this many epochs of a stage of this many (the original's 10 of 25
 #: in the DARTS space, 10 of 50 on NB201), scaled to the run's stage length
-WARMUP = {"darts": (10, 25), "nb201": (10, 50)}
+WARMUP = {"darts": (10, 25), "imagenet": (10, 25), "nb201": (10, 50)}
 
 
-def _family(space: str) -> str:
-    return "nb201" if space == "nb201" else "darts"
+def _family(space: str, dataset: str = "") -> str:
+    """The key of `PROGRESSIVE` and `WARMUP`: NB201, the DARTS spaces, or those on ImageNet
+    (K 6 -> 3, ALGORITHMS.md §2.5)."""
+    if space == "nb201":
+        return "nb201"
+    return "imagenet" if dataset == "imagenet" else "darts"
 
 
 def concentration(theta: torch.Tensor) -> torch.Tensor:
@@ -131,7 +136,9 @@ class DrNAS(DARTS):
                "pruning ops 7 -> 4")
 
     # digits: the preset's C = 8 does not split into 6 partitions; 12 does at every stage
-    DATASET_DEFAULTS = {"digits": {"init_channels": 12}}
+    # ImageNet: C = 48, L = 14, batch 512 (ALGORITHMS.md §3.3); 48 splits into 6 and 3
+    DATASET_DEFAULTS = {"digits": {"init_channels": 12},
+                        "imagenet": {"init_channels": 48, "layers": 14, "batch_size": 512}}
 
     @classmethod
     def defaults(cls, space, dataset):
@@ -147,8 +154,9 @@ class DrNAS(DARTS):
     def default_warmup(cls, values):
         if not values["drnas_progressive"]:
             return 0
-        n_stages = len(values["drnas_k"] or PROGRESSIVE[_family(values["space"])][0])
-        warm, of = WARMUP[_family(values["space"])]
+        family = _family(values["space"], values["dataset"])
+        n_stages = len(values["drnas_k"] or PROGRESSIVE[family][0])
+        warm, of = WARMUP[family]
         return round(warm * values["epochs"] / n_stages / of)
 
     def __init__(self, config):
@@ -171,7 +179,7 @@ class DrNAS(DARTS):
                 raise ValueError("drnas_k and drnas_ops go together (one entry per stage each)")
             ks, ops = c.drnas_k, c.drnas_ops
         elif c.drnas_progressive:
-            ks, ops = PROGRESSIVE[_family(c.space)]
+            ks, ops = PROGRESSIVE[_family(c.space, c.dataset)]
         else:
             ks, ops = (1,), (n_ops,)
         # S1-S4 have two or three ops per edge: the stages then keep them all
@@ -291,7 +299,7 @@ class DrNAS(DARTS):
             objective = loss + self.config.drnas_reg_scale * sum(
                 kl_to_uniform(t, self._kept_idx(i)) for i, t in enumerate(arch))
         grads_into(objective, arch)
-        self.arch_optimizer.step()
+        self.step_architecture()
         return {"arch_loss": loss.detach()}
 
     # -- checkpoints -----------------------------------------------------------------------

@@ -56,6 +56,7 @@ class DataSpec:
     std: tuple[float, ...]
     crop_padding: int = 0  #: random crop with this zero padding in training (0: none)
     flip: bool = False  #: random horizontal flips in training
+    stem: str = "cifar"  #: the supernet stem for this image size (`imagenet`: stride 8)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import torch
 
 from .core import DataSpec, ImageDataset
 
-__all__ = ["BatchLoader", "InfiniteLoader", "to_input"]
+__all__ = ["BatchLoader", "InfiniteLoader", "to_input", "to_device"]
 
 
 def to_input(images: torch.Tensor, spec: DataSpec, train: bool,
@@ -34,9 +34,18 @@ def to_input(images: torch.Tensor, spec: DataSpec, train: bool,
     if train and spec.flip:
         flip = torch.rand(n, generator=generator) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    mean = torch.tensor(spec.mean, dtype=x.dtype).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std, dtype=x.dtype).view(1, -1, 1, 1)
+    mean = torch.tensor(spec.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x - mean) / std
+
+
+def to_device(x: torch.Tensor, spec: DataSpec, device, memory_format=torch.contiguous_format):
+    """A loader's batch on `device` in `memory_format`. Float batches are ready; uint8 ones
+    (decoded files, already cropped) are copied as bytes and normalised on the device."""
+    x = x.to(device, non_blocking=True)
+    if x.dtype == torch.uint8:
+        x = to_input(x, spec, train=False)
+    return x.contiguous(memory_format=memory_format)
 
 
 class BatchLoader:
