@@ -52,6 +52,32 @@ def test_step_equal_in_all_modes(space, dtype):
             assert torch.allclose(a.double(), b.double(), rtol=tol, atol=tol), f"{mode} {name}"
 
 
+@pytest.mark.parametrize("partial_k", [None, 2])
+def test_imagenet_stem_step_equal_in_all_modes(partial_k):
+    """The ImageNet stem (recomputed in `low`; stem1's in-place ReLU rectifies s0 for cell 0
+    as in the original) and PC-DARTS's ImageNet edges: loss, every gradient and every BN
+    buffer equal the reference's, and each BN is updated once."""
+    torch.manual_seed(0)
+    extra = {} if partial_k is None else {"partial_k": partial_k}
+    ref = build_supernet("darts", 5, C=4, layers=3, stem="imagenet", memory="reference",
+                         **extra).double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last)
+    y = torch.tensor([1, 3])
+    want = _step(copy.deepcopy(ref), x, y)
+    for mode in ("fast", "low"):
+        model = copy.deepcopy(ref)
+        _set_memory(model, mode)
+        loss, grads, bufs = _step(model, x, y)
+        assert abs(loss.item() - want[0].item()) <= 1e-10 * abs(want[0].item())
+        for (name, _), a, b in zip(model.named_parameters(), grads, want[1]):
+            err = ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+            assert err <= 1e-9, f"{mode} {name}: {err:.2e}"
+        for (name, _), a, b in zip(model.named_buffers(), bufs, want[2]):
+            assert torch.allclose(a, b, rtol=1e-10, atol=1e-10), f"{mode} {name}"
+        assert set(_batches_tracked(model)) == {1}, mode
+
+
 def _batches_tracked(model):
     return [int(m.num_batches_tracked) for m in model.modules()
             if isinstance(m, torch.nn.BatchNorm2d) and m.num_batches_tracked is not None]
