@@ -119,7 +119,7 @@ setup(
     package_data={"fastdarts": ["_build_info.json"]},
     ext_modules=[extension],
     cmdclass={"build_ext": build_ext.with_options(no_python_abi_suffix=False)},
-    install_requires=["torch", "numpy", "scipy", "scikit-learn", "matplotlib", "tqdm",
+    install_requires=["torch", "numpy", "scipy", "scikit-learn", "matplotlib", "pillow", "tqdm",
                       "packaging"],
     extras_require={"triton": ["triton"], "gpu": ["triton", "nvidia-ml-py"],
                     "test": ["pytest", "pytest-benchmark"]},
