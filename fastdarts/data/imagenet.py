@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .core import CorruptDatasetError, DataSpec, MissingDatasetError, SearchData
+from .loader import BatchLoader
 
 __all__ = ["ImageFiles", "FileBatchLoader", "load_imagenet", "scan_image_folder",
            "per_class_subsets", "random_resized_crop_box", "decode_image", "IMAGENET_MEAN",
@@ -188,9 +189,10 @@ class _PassBatches(torch.utils.data.Dataset):
         return images, self.files.labels[idx]
 
 
-class FileBatchLoader:
-    """`BatchLoader`'s interface over `ImageFiles`: yields uint8 (N, 3, S, S) batches (the
-    search normalises them on the device, 4x less to copy than float) and int64 labels.
+class FileBatchLoader(BatchLoader):
+    """`BatchLoader` over `ImageFiles` (same pass order and resume position): yields uint8
+    (N, 3, S, S) batches, which the search normalises on the device (4x less to copy than
+    float), and int64 labels.
 
     Args:
         workers: decoding processes (0: decode in this process).
@@ -200,28 +202,10 @@ class FileBatchLoader:
     def __init__(self, files: ImageFiles, spec: DataSpec, batch_size: int, shuffle: bool,
                  train: bool, seed: int = 0, drop_last: bool = False, workers: int = 0,
                  pin_memory: bool = False):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-        if len(files) == 0:
-            raise ValueError("dataset is empty")
+        super().__init__(files, spec, batch_size, shuffle, train, seed, drop_last)
         if workers < 0:
             raise ValueError(f"workers must be >= 0; got {workers}")
-        self.dataset, self.spec = files, spec
-        self.batch_size, self.shuffle, self.train = batch_size, shuffle, train
-        self.seed, self.drop_last = seed, drop_last
         self.workers, self.pin_memory = workers, pin_memory
-        self.pass_index = 0
-
-    def __len__(self) -> int:
-        n = len(self.dataset)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def order(self, pass_index: int) -> torch.Tensor:
-        n = len(self.dataset)
-        if not self.shuffle:
-            return torch.arange(n)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + pass_index)
-        return torch.randperm(n, generator=g)
 
     def batches(self, pass_index: int, start: int = 0):
         """Batches of pass `pass_index`, from batch number `start`."""
@@ -235,11 +219,6 @@ class FileBatchLoader:
         yield from torch.utils.data.DataLoader(
             work, batch_size=None, shuffle=False, num_workers=self.workers,
             pin_memory=self.pin_memory, prefetch_factor=2)
-
-    def __iter__(self):
-        pass_index = self.pass_index
-        self.pass_index += 1
-        return self.batches(pass_index)
 
     def state_dict(self) -> dict:
         # The crops derive from (seed, pass, position): the pass index is all there is.
