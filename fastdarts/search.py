@@ -369,8 +369,9 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
     if resume:
         checkpoint = load_checkpoint(ckpt_path)
         stored = checkpoint["config"]
-        # a key missing from an older checkpoint had the field's default value
-        defaults = SearchConfig().to_dict()
+        # a key missing from an older checkpoint had the field's default value, or what
+        # that version did (it had no LR warm-up)
+        defaults = {**SearchConfig().to_dict(), "lr_warmup_epochs": 0}
         mismatched = sorted(k for k, v in cfg.to_dict().items()
                             if k not in _RESUME_FREE and stored.get(k, defaults[k]) != v)
         if mismatched:
