@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .algorithms import ALGORITHMS
 from .data import DATASETS
-from .search import CHECKPOINT, SearchConfig, run_search
+from .search import CHECKPOINT, TUPLE_FIELDS, SearchConfig, run_search
 from .spaces import SPACES
 
 __all__ = ["main", "build_parser"]
@@ -143,7 +143,7 @@ def _config_from_args(args: argparse.Namespace) -> tuple[SearchConfig, bool]:
             raise SystemExit(f"fastdarts search: --resume: no {CHECKPOINT} in {given['run_dir']}")
         stored = json.loads(config_path.read_text())
         stored.update(given)
-        for key in ("arch_betas", "drnas_k", "drnas_ops", "imagenet_fractions"):
+        for key in TUPLE_FIELDS:
             if stored.get(key) is not None:
                 stored[key] = tuple(stored[key])
         names = {f.name for f in dataclasses.fields(SearchConfig)}

@@ -133,7 +133,7 @@ class SearchConfig:
         if values["data_workers"] is None:
             values["data_workers"] = (min(8, os.cpu_count() or 1)
                                       if self.dataset == "imagenet" else 0)
-        for key in _TUPLES:
+        for key in TUPLE_FIELDS:
             if values[key] is not None:
                 values[key] = tuple(values[key])
         cfg = SearchConfig(**values)
@@ -190,7 +190,7 @@ class SearchConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        for key in _TUPLES:
+        for key in TUPLE_FIELDS:
             if d[key] is not None:
                 d[key] = list(d[key])
         return d
@@ -199,8 +199,8 @@ class SearchConfig:
 #: fields that `resolved()` fills from presets and method defaults when None
 _RESOLVED = ("epochs", "batch_size", "init_channels", "layers", "arch_lr", "lr", "lr_min",
              "partial_k", "arch_grad_clip")
-#: tuple fields (lists in JSON)
-_TUPLES = ("arch_betas", "drnas_k", "drnas_ops", "imagenet_fractions")
+#: tuple fields (lists in JSON; the CLI turns a stored config's lists back into tuples)
+TUPLE_FIELDS = ("arch_betas", "drnas_k", "drnas_ops", "imagenet_fractions")
 
 
 # Fields that may differ between a run and its resumption without changing the result
