@@ -74,7 +74,8 @@ def _extension():
     cxx = ["-O0", "-g"] if debug else ["-O3", "-DNDEBUG"]
     cxx += ["-std=c++17", "-fopenmp"]
     sources = ["csrc/bindings.cpp", "csrc/weighted_sum_cpu.cpp", "csrc/mixed_op_cpu.cpp",
-               "csrc/partial_channel_cpu.cpp", "csrc/hvp_cpu.cpp"]
+               "csrc/partial_channel_cpu.cpp", "csrc/hvp_cpu.cpp",
+               "csrc/depthwise_conv_cpu.cpp"]
     kwargs = dict(extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
     if with_cuda:
         nvcc = ["-O0", "-g", "-G"] if debug else ["-O3", "-DNDEBUG"]

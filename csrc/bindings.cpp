@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "depthwise_conv.h"
 #include "hvp.h"
 #include "mixed_op.h"
 #include "partial_channel.h"
@@ -578,6 +579,67 @@ at::Tensor hvp_combine(const OptTensor& g_val, const at::Tensor& g_plus,
   return out;
 }
 
+// ---------------------------------------------------------------------------------------
+// Depthwise-convolution backward (depthwise_conv.h), CPU only: x (N, C, H, W), weight
+// (C, 1, kh, kw), g (N, C, Ho, Wo) with Ho, Wo those of the forward; one dtype.
+
+std::vector<at::Tensor> depthwise_conv_bwd(const at::Tensor& g, const at::Tensor& x,
+                                           const at::Tensor& weight,
+                                           std::vector<int64_t> stride,
+                                           std::vector<int64_t> padding,
+                                           std::vector<int64_t> dilation, bool need_dx,
+                                           bool need_dweight) {
+  const char* fn = "depthwise_conv_bwd";
+  FD_CHECK_ARG(x.dim() == 4, fn, "x", "must be 4-D (N, C, H, W); got shape ", shape_str(x));
+  FD_CHECK_ARG(x.device().is_cpu(), fn, "x", "must be on the CPU; got ", x.device().str());
+  DepthwiseConvParams p{};
+  p.dtype = to_dtype(x, fn, "x");
+  FD_CHECK_ARG(p.dtype == DType::kFloat32 || p.dtype == DType::kFloat64, fn, "x",
+               "must be float32 or float64; got ", c10::toString(x.scalar_type()));
+  for (const auto& [vec, name] : {std::pair{&stride, "stride"}, std::pair{&padding, "padding"},
+                                  std::pair{&dilation, "dilation"}})
+    FD_CHECK_ARG(vec->size() == 2, fn, name, "must have 2 entries (h, w); got ", vec->size());
+  p.N = x.size(0), p.C = x.size(1), p.H = x.size(2), p.W = x.size(3);
+  FD_CHECK_ARG(weight.dim() == 4 && weight.size(0) == p.C && weight.size(1) == 1, fn, "weight",
+               "must have shape (", p.C, ", 1, kh, kw) (one filter per channel); got ",
+               shape_str(weight));
+  p.kh = weight.size(2), p.kw = weight.size(3);
+  p.sh = stride[0], p.sw = stride[1], p.ph = padding[0], p.pw = padding[1];
+  p.dh = dilation[0], p.dw = dilation[1];
+  FD_CHECK_ARG(p.sh > 0 && p.sw > 0, fn, "stride", "must be positive");
+  FD_CHECK_ARG(p.dh > 0 && p.dw > 0, fn, "dilation", "must be positive");
+  FD_CHECK_ARG(p.ph >= 0 && p.pw >= 0, fn, "padding", "must be non-negative");
+  p.Ho = (p.H + 2 * p.ph - p.dh * (p.kh - 1) - 1) / p.sh + 1;
+  p.Wo = (p.W + 2 * p.pw - p.dw * (p.kw - 1) - 1) / p.sw + 1;
+  FD_CHECK_ARG(g.dim() == 4 && g.size(0) == p.N && g.size(1) == p.C && g.size(2) == p.Ho &&
+                   g.size(3) == p.Wo,
+               fn, "g", "must have the forward output's shape [", p.N, ", ", p.C, ", ", p.Ho,
+               ", ", p.Wo, "]; got ", shape_str(g));
+  for (const auto& [t, name] : {std::pair{&g, "g"}, std::pair{&weight, "weight"}}) {
+    FD_CHECK_ARG(t->scalar_type() == x.scalar_type(), fn, name, "must have x's dtype ",
+                 c10::toString(x.scalar_type()), "; got ", c10::toString(t->scalar_type()));
+    FD_CHECK_ARG(t->device() == x.device(), fn, name, "must be on ", x.device().str(),
+                 "; got ", t->device().str());
+  }
+  // One layout for x, g and dx: channels last when x is (and is not also plain contiguous).
+  p.channels_last = x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous();
+  const auto fmt = p.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor xc = x.contiguous(fmt), gc = g.contiguous(fmt);
+  const at::Tensor wc = weight.contiguous();
+  at::Tensor dx = need_dx ? at::empty(x.sizes(), x.options().memory_format(fmt)) : at::Tensor();
+  at::Tensor dweight = need_dweight ? at::empty(weight.sizes(), weight.options()) : at::Tensor();
+  p.x = xc.data_ptr(), p.g = gc.data_ptr(), p.weight = wc.data_ptr();
+  p.dx = need_dx ? dx.data_ptr() : nullptr;
+  p.dweight = need_dweight ? dweight.data_ptr() : nullptr;
+  if (p.N * p.C * p.Ho * p.Wo > 0 && p.H * p.W > 0)
+    depthwise_conv_bwd_cpu(p);
+  else {
+    if (need_dx) dx.zero_();
+    if (need_dweight) dweight.zero_();
+  }
+  return {dx, dweight};
+}
+
 bool with_cuda() {
 #ifdef FASTDARTS_WITH_CUDA
   return true;
@@ -628,5 +690,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "g_val + scale * (g_plus - g_minus) / (2 * r / ||v||)", py::arg("g_val"),
         py::arg("g_plus"), py::arg("g_minus"), py::arg("sq_norm"), py::arg("r"),
         py::arg("scale"));
+  m.def("depthwise_conv_bwd", &fastdarts::depthwise_conv_bwd,
+        "(dx, dweight) of a depthwise conv2d (CPU; None where not wanted)", py::arg("g"),
+        py::arg("x"), py::arg("weight"), py::arg("stride"), py::arg("padding"),
+        py::arg("dilation"), py::arg("need_dx"), py::arg("need_dweight"));
   m.def("with_cuda", &fastdarts::with_cuda, "whether the CUDA kernels were compiled in");
 }

@@ -21,7 +21,7 @@ import warnings
 import torch
 
 from . import _ext
-from .reference import (bn_accumulate_ref, hvp_combine_ref, hvp_perturb_ref, hvp_sq_norm_ref,
+from .reference import (bn_accumulate_ref, depthwise_conv_bwd_ref, hvp_combine_ref, hvp_perturb_ref, hvp_sq_norm_ref,
                         hvp_virtual_step_ref, bn_grad_input_ref, bn_grad_reduce_ref, bn_stats_ref,
                         partial_combine_bwd_ref, partial_combine_fwd_ref, weighted_sum_ref)
 
@@ -131,6 +131,13 @@ class Backend:
         """-> g_val + scale * (g_plus - g_minus) / (2 eps) (g_val None: 0)."""
         raise NotImplementedError
 
+    # Depthwise-convolution backward (csrc/depthwise_conv.h): x, g (N, C, H, W) and
+    # (N, C, Ho, Wo), weight (C, 1, kh, kw); stride, padding, dilation pairs.
+    @staticmethod
+    def depthwise_conv_bwd(g, x, weight, stride, padding, dilation, need_dx, need_dweight):
+        """-> (dx or None, dweight or None)."""
+        raise NotImplementedError
+
 
 class ReferenceBackend(Backend):
     NAME = "reference"
@@ -157,6 +164,7 @@ class ReferenceBackend(Backend):
     hvp_sq_norm = staticmethod(hvp_sq_norm_ref)
     hvp_perturb = staticmethod(hvp_perturb_ref)
     hvp_combine = staticmethod(hvp_combine_ref)
+    depthwise_conv_bwd = staticmethod(depthwise_conv_bwd_ref)
 
 
 class CpuBackend(Backend):
@@ -219,6 +227,12 @@ class CpuBackend(Backend):
     def hvp_combine(g_val, g_plus, g_minus, sq_norm, r, scale):
         return _ext.C.hvp_combine(g_val, g_plus, g_minus, sq_norm, r, scale)
 
+    @staticmethod
+    def depthwise_conv_bwd(g, x, weight, stride, padding, dilation, need_dx, need_dweight):
+        dx, dw = _ext.C.depthwise_conv_bwd(g, x, weight, list(stride), list(padding),
+                                           list(dilation), need_dx, need_dweight)
+        return dx, dw
+
 
 class CudaBackend(CpuBackend):
     NAME = "cuda"
@@ -234,6 +248,11 @@ class CudaBackend(CpuBackend):
         if not torch.cuda.is_available():
             reasons.append("torch sees no CUDA device")
         return reasons
+
+    # No CUDA twin: on the CPU PyTorch's depthwise backward was the step's largest cost
+    # (csrc/depthwise_conv.h); on the H100 the step is bound by the host, not by cuDNN's
+    # depthwise kernels, so the GPU keeps them until a measurement says otherwise.
+    depthwise_conv_bwd = staticmethod(depthwise_conv_bwd_ref)
 
 
 class TritonBackend(Backend):
@@ -317,6 +336,8 @@ class TritonBackend(Backend):
     def hvp_combine(g_val, g_plus, g_minus, sq_norm, r, scale):
         from fastdarts.kernels.hvp import hvp_combine
         return hvp_combine(g_val, g_plus, g_minus, sq_norm, r, scale)
+
+    depthwise_conv_bwd = staticmethod(depthwise_conv_bwd_ref)  # cuDNN's; see CudaBackend
 
 
 BACKENDS: dict[str, type[Backend]] = {

@@ -22,17 +22,23 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from . import depthwise
 from .recompute import AutocastState, cache_generation, frozen_bn_stats, module_uses_rng
 
 __all__ = ["OpPlan", "Segment", "plan_op", "plan_ops", "plans_of", "run_segments"]
 
 
+def _depthwise_call(m: nn.Conv2d) -> Callable:
+    return lambda x: depthwise.conv(m, x)
+
+
 def _chain(mods: Sequence[nn.Module]) -> Callable:
-    mods = tuple(mods)
+    """The modules one after the other; depthwise convs through `fastdarts.depthwise`."""
+    steps = tuple(_depthwise_call(m) if depthwise.is_depthwise(m) else m for m in mods)
 
     def run(x):
-        for m in mods:
-            x = m(x)
+        for step in steps:
+            x = step(x)
         return x
     return run
 
