@@ -125,8 +125,8 @@ class _Edge:
         gamma, beta = _affine(p.tail, self.acc)
         init = acc_buf is None
         if init:
-            acc_buf = torch.empty(z.shape, device=z.device, dtype=self.acc).contiguous(
-                memory_format=self.fmt)
+            acc_buf = torch.empty(z.shape, device=z.device, dtype=self.acc,
+                                  memory_format=self.fmt)
         self.be.bn_accumulate(acc_buf, z, w, p.index, None if stats is None else stats.mean,
                               None if stats is None else stats.rstd, gamma, beta, init)
         return acc_buf

@@ -54,8 +54,8 @@ def frozen_bn_stats(module: "nn.Module | Iterable[nn.Module]"):
     """Training-mode BNs of `module` (or of each module of a sequence) use batch statistics
     without updating running ones."""
     roots = [module] if isinstance(module, nn.Module) else list(module)
-    frozen = [m for root in roots for m in root.modules()
-              if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    frozen = [m for root in roots for m in _batch_norms(root)
+              if m.training and m.track_running_stats]
     # Plain attribute writes: nn.Module.__setattr__ is slow and these are plain bools.
     for m in frozen:
         m.__dict__["track_running_stats"] = False
@@ -162,7 +162,7 @@ def recompute(module: nn.Module, fn: Callable, *args):
         it = iter(ts)
         return fn(*[next(it) if s else a for s, a in zip(slots, args)])
 
-    return _RecomputeFunction.apply(run, module, module_uses_rng(module), len(tensors),
+    return _RecomputeFunction.apply(run, module, _uses_rng(module), len(tensors),
                                     *tensors, *params)
 
 
@@ -179,16 +179,32 @@ def cache_generation() -> int:
     return _CACHE_GENERATION[0]
 
 
-def listed_parameters(module: nn.Module) -> tuple:
-    """`tuple(module.parameters())`, cached on the module (walking the module tree on every
-    step costs more than the kernels of a small cell); rebuilt when a direct child or the
-    module's own parameters are replaced, or after `invalidate_caches()`."""
+def _cached(module: nn.Module, slot: str, build: Callable):
+    """`build(module)`, cached on the module (walking the module tree on every step costs
+    more than the kernels of a small cell); rebuilt when a direct child or the module's own
+    parameters are replaced, or after `invalidate_caches()`."""
     key = (_CACHE_GENERATION[0], tuple(map(id, module._modules.values())),
            tuple(map(id, module._parameters.values())))
-    cached = module.__dict__.get("_fastdarts_params")
+    cached = module.__dict__.get(slot)
     if cached is None or cached[0] != key:
-        cached = module.__dict__["_fastdarts_params"] = (key, tuple(module.parameters()))
+        cached = module.__dict__[slot] = (key, build(module))
     return cached[1]
+
+
+def listed_parameters(module: nn.Module) -> tuple:
+    """`tuple(module.parameters())`, cached (`_cached`)."""
+    return _cached(module, "_fastdarts_params", lambda m: tuple(m.parameters()))
+
+
+def _batch_norms(module: nn.Module) -> tuple:
+    """The BatchNorms in `module`'s tree, cached (`_cached`)."""
+    return _cached(module, "_fastdarts_bns",
+                   lambda m: tuple(b for b in m.modules() if isinstance(b, _BatchNorm)))
+
+
+def _uses_rng(module: nn.Module) -> bool:
+    """`module_uses_rng(module)`, cached (`_cached`)."""
+    return _cached(module, "_fastdarts_uses_rng", module_uses_rng)
 
 
 class _NodewiseCellFunction(torch.autograd.Function):
@@ -276,10 +292,7 @@ def recompute_darts_cell(cell: nn.Module, s0, s1, weights, edge_weights=None):
     entry of `edge_weights`). Cells that draw random numbers (S4 noise) use the whole-cell
     `recompute`, whose replay needs the forward order.
     """
-    uses_rng = cell.__dict__.get("_fastdarts_uses_rng")
-    if uses_rng is None:
-        uses_rng = cell.__dict__["_fastdarts_uses_rng"] = module_uses_rng(cell)
-    if cell._multiplier != cell._steps or uses_rng:
+    if cell._multiplier != cell._steps or _uses_rng(cell):
         return recompute(cell, cell._forward, s0, s1, weights, edge_weights)
     params = [p for p in listed_parameters(cell) if p.requires_grad]
     arch = [t for t in (weights, edge_weights) if t is not None]
