@@ -9,13 +9,21 @@ the probe's steps (checkpoint updates statistics twice per step). On a GPU also 
     python -m pytest benchmarks/bench_mixed_op.py --benchmark-json=benchmarks/results/X.json
     python benchmarks/summarize.py benchmarks/results/X.json
 
+Load on a shared machine drifts over the minutes between rows, so each row also gets its
+time ratio to the reference from an interleaved run: all four modes built side by side, one
+step of each per round in rotating order, the median over rounds of (mode / reference) of the
+same round (FASTDARTS_BENCH_AB_ROUNDS rounds, default 9 on the CPU, 20 on a GPU).
+
 Shapes: FASTDARTS_BENCH_BATCH (default 8 on the CPU, 64 on a GPU), 32x32 images;
 FASTDARTS_BENCH_ROUNDS timed steps per row (default 5 on the CPU, 20 on a GPU).
 """
+import functools
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +35,44 @@ ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BATCH = int(os.environ.get("FASTDARTS_BENCH_BATCH", "64" if DEVICE == "cuda" else "8"))
 ROUNDS = int(os.environ.get("FASTDARTS_BENCH_ROUNDS", "20" if DEVICE == "cuda" else "5"))
+AB_ROUNDS = int(os.environ.get("FASTDARTS_BENCH_AB_ROUNDS", "20" if DEVICE == "cuda" else "9"))
 SUPERNETS = {"darts": dict(C=16, layers=8), "nb201": dict(C=16, layers=5)}
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(BATCH, 3, 32, 32, generator=g).to(DEVICE).contiguous(
+        memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (BATCH,), generator=g).to(DEVICE)
+    return x, y
+
+
+def _timed_step(model, x, y) -> float:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    step(model, x, y)
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+@functools.lru_cache(maxsize=None)
+def interleaved_ratios(space: str) -> dict:
+    """mode -> median over rounds of (its step time / the reference's in the same round)."""
+    cfg = SUPERNETS[space]
+    models = {m: build(space, m, cfg["C"], cfg["layers"], torch.device(DEVICE), True)
+              for m in MODES}
+    x, y = _inputs()
+    for model in models.values():  # warm-up
+        step(model, x, y)
+    ratios = {m: [] for m in MODES}
+    for r in range(AB_ROUNDS):
+        order = MODES[r % len(MODES):] + MODES[:r % len(MODES)]
+        times = {m: _timed_step(models[m], x, y) for m in order}
+        for m in MODES:
+            ratios[m].append(times[m] / times["reference"])
+    return {m: statistics.median(v) for m, v in ratios.items()}
 
 
 def _probe(space, mode):
@@ -63,10 +108,7 @@ def _energy_mj(fn, calls=5):
 def test_supernet_step(benchmark, space, mode):
     cfg = SUPERNETS[space]
     model = build(space, mode, cfg["C"], cfg["layers"], torch.device(DEVICE), True)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(BATCH, 3, 32, 32, generator=g).to(DEVICE).contiguous(
-        memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (BATCH,), generator=g).to(DEVICE)
+    x, y = _inputs()
 
     def run():
         step(model, x, y)
@@ -81,6 +123,8 @@ def test_supernet_step(benchmark, space, mode):
     info.update(kind="supernet_step", space=space, mode=mode, batch=BATCH, device=DEVICE,
                 backend=os.environ.get("FASTDARTS_BACKEND", "auto"),
                 median_s=stats.median,
+                time_vs_reference_interleaved=interleaved_ratios(space)[mode],
+                ab_rounds=AB_ROUNDS,
                 saved_MiB_per_image=probe["saved_bytes_per_image"] / 2**20,
                 peak_MiB=probe["peak_bytes"] / 2**20,
                 bn_batches_tracked_per_bn=probe["bn_batches_tracked_per_bn"],

@@ -45,9 +45,9 @@ def summarize(path: str) -> str:
                 f"{'' if energy is None else f'{energy:.2f}'} |")
     if step_groups:
         lines += ["", "| supernet | mode | backend | batch | step (s) | time vs reference | "
-                  "saved MiB/image | saved vs reference | peak MiB | peak vs reference | "
+                  "time vs reference, interleaved | saved MiB/image | saved vs reference | peak MiB | peak vs reference | "
                   "BN updates/BN | energy mJ/step | batch in 80 GiB (projected) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for group in sorted(step_groups):
             rows = step_groups[group]
             # a run of only some modes (-k) has no reference row: ratios are left blank
@@ -63,6 +63,7 @@ def summarize(path: str) -> str:
                     f"| {e['space']} | {e['mode']} | {e.get('backend', 'auto')} | {e['batch']} | "
                     f"{e['median_s']:.3f} | "
                     f"{ratio(lambda r, v: f'{v / r:.2f}x', 'median_s', 'median_s', e)} | "
+                    f"{_interleaved(e)} | "
                     f"{e['saved_MiB_per_image']:.2f} | "
                     f"{ratio(lambda r, v: f'1/{r / v:.1f}', 'saved_MiB_per_image', 'saved_MiB_per_image', e)} | "
                     f"{e['peak_MiB']:.1f} | "
@@ -71,6 +72,12 @@ def summarize(path: str) -> str:
                     f"{'' if energy is None else f'{energy:.0f}'} | "
                     f"{e.get('projected_batch_80GiB', '')} |")
     return "\n".join(lines) + "\n"
+
+
+def _interleaved(e: dict) -> str:
+    """The A/B ratio of bench_mixed_op (absent from older result files)."""
+    r = e.get("time_vs_reference_interleaved")
+    return "" if r is None else f"{r:.2f}x (median of {e['ab_rounds']})"
 
 
 def _second_order_table(groups) -> list[str]:
