@@ -21,8 +21,8 @@ import warnings
 import torch
 
 from . import _ext
-from .reference import (bn_accumulate_ref, depthwise_conv_bwd_ref, hvp_combine_ref, hvp_perturb_ref, hvp_sq_norm_ref,
-                        hvp_virtual_step_ref, bn_grad_input_ref, bn_grad_reduce_ref, bn_stats_ref,
+from .reference import (bn_accumulate_ref, depthwise_conv_bwd_ref, hvp_combine_ref,
+                        hvp_perturb_ref, hvp_sq_norm_ref, hvp_virtual_step_ref, bn_grad_input_ref, bn_grad_reduce_ref, bn_stats_ref,
                         partial_combine_bwd_ref, partial_combine_fwd_ref, weighted_sum_ref)
 
 __all__ = ["Backend", "BACKENDS", "select_backend", "backend_report", "ENV_VAR"]

@@ -48,12 +48,19 @@ class _DepthwiseConvFunction(torch.autograd.Function):
         return dx, dw, None, None, None
 
 
+def _hooked(m: nn.Module) -> bool:
+    """Whether a hook (the module's or a global one) would see `m`'s call."""
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                or m._backward_pre_hooks or _module._global_forward_hooks
+                or _module._global_forward_pre_hooks or _module._global_backward_hooks
+                or _module._global_backward_pre_hooks)
+
+
 def conv(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """`m(x)` for a depthwise conv `m` (`is_depthwise(m)`), with the backend's backward."""
     w = m.weight
     if (x.device.type != "cpu" or x.dtype not in _KERNEL_DTYPES or w.dtype != x.dtype
             or not torch.is_grad_enabled() or not (x.requires_grad or w.requires_grad)
-            or m._forward_hooks or m._forward_pre_hooks or _module._global_forward_hooks
-            or _module._global_forward_pre_hooks or torch.is_autocast_enabled("cpu")):
+            or _hooked(m) or torch.is_autocast_enabled("cpu")):
         return m(x)
     return _DepthwiseConvFunction.apply(x, w, m.stride, m.padding, m.dilation)

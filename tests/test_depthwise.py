@@ -163,7 +163,7 @@ def test_fused_bodies_run_depthwise_convs_through_the_kernel(name, stride, monke
 
 @needs_ext
 def test_plain_module_call_where_the_difference_could_show():
-    """Hooks, autocast, no grad, float16: the module itself runs."""
+    """Forward and backward hooks, autocast, no grad: the module itself runs."""
     m = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False)
     x = torch.randn(1, 4, 5, 5, requires_grad=True)
     assert depthwise.conv(m, x).grad_fn.name().startswith("_DepthwiseConvFunction")
@@ -174,5 +174,9 @@ def test_plain_module_call_where_the_difference_could_show():
     out = depthwise.conv(m, x)
     handle.remove()
     assert seen == [1] and "Convolution" in out.grad_fn.name()
+    handle = m.register_full_backward_hook(lambda *a: seen.append(2))
+    depthwise.conv(m, x).sum().backward()
+    handle.remove()
+    assert seen == [1, 2]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert "Convolution" in depthwise.conv(m, x).grad_fn.name()
