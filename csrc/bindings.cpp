@@ -272,9 +272,30 @@ struct TailCall {
 #define FD_CUDA_LAUNCHER(name) nullptr
 #endif
 
-std::vector<at::Tensor> bn_stats(const at::Tensor& z, double eps) {
+std::vector<at::Tensor> bn_stats(const at::Tensor& z, double eps,
+                                 const OptTensor& running_mean, const OptTensor& running_var,
+                                 const OptTensor& num_batches_tracked, double momentum) {
   TailCall call("bn_stats", z);
   FD_CHECK_ARG(eps >= 0, call.fn, "eps", "must be >= 0; got ", eps);
+  // The BN's running buffers, updated in the same pass (all given, or none).
+  call.p.running_mean = const_cast<void*>(call.vec(running_mean, "running_mean", call.p.C));
+  call.p.running_var = const_cast<void*>(call.vec(running_var, "running_var", call.p.C));
+  FD_CHECK_ARG((call.p.running_mean == nullptr) == (call.p.running_var == nullptr), call.fn,
+               "running_var", "must be given exactly when running_mean is");
+  if (num_batches_tracked.has_value() && num_batches_tracked->defined()) {
+    const at::Tensor& nbt = *num_batches_tracked;
+    FD_CHECK_ARG(call.p.running_mean != nullptr, call.fn, "num_batches_tracked",
+                 "needs running_mean and running_var");
+    FD_CHECK_ARG(nbt.numel() == 1 && nbt.scalar_type() == at::kLong, call.fn,
+                 "num_batches_tracked", "must be one int64 value; got ", shape_str(nbt), " ",
+                 c10::toString(nbt.scalar_type()));
+    FD_CHECK_ARG(nbt.device() == z.device(), call.fn, "num_batches_tracked", "must be on ",
+                 z.device().str(), "; got ", nbt.device().str());
+    call.p.num_batches_tracked = nbt.data_ptr<int64_t>();
+  }
+  FD_CHECK_ARG(momentum >= 0 && momentum <= 1, call.fn, "momentum", "must lie in [0, 1]; got ",
+               momentum);
+  call.p.momentum = momentum;
   at::Tensor mean = call.new_vec(), var = call.new_vec(), rstd = call.new_vec();
   call.p.eps = eps;
   call.p.out0 = mean.data_ptr();
@@ -658,8 +679,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("weighted_sum_bwd", &fastdarts::weighted_sum_bwd,
         "(dy, dw) of weighted_sum given the upstream gradient g", py::arg("y"), py::arg("w"),
         py::arg("g"), py::arg("need_dy"));
-  m.def("bn_stats", &fastdarts::bn_stats, "(mean, var, rstd) per channel of z",
-        py::arg("z"), py::arg("eps"));
+  m.def("bn_stats", &fastdarts::bn_stats,
+        "(mean, var, rstd) per channel of z; with running buffers also BatchNorm's update",
+        py::arg("z"), py::arg("eps"), py::arg("running_mean") = py::none(),
+        py::arg("running_var") = py::none(), py::arg("num_batches_tracked") = py::none(),
+        py::arg("momentum") = 0.1);
   m.def("bn_accumulate", &fastdarts::bn_accumulate,
         "acc (=|+=) w[k] * (gamma * (z - mean) * rstd + beta)", py::arg("acc"), py::arg("z"),
         py::arg("w"), py::arg("k"), py::arg("mean"), py::arg("rstd"), py::arg("gamma"),

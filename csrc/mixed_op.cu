@@ -75,7 +75,10 @@ __global__ void stats_finalize_kernel(const float* __restrict__ part_mean,
                                       const float* __restrict__ part_m2, int64_t C,
                                       int64_t chunks, int64_t rows, int64_t rows_per_chunk,
                                       float eps, float* __restrict__ mean_out,
-                                      float* __restrict__ var_out, float* __restrict__ rstd_out) {
+                                      float* __restrict__ var_out, float* __restrict__ rstd_out,
+                                      float* __restrict__ running_mean,
+                                      float* __restrict__ running_var,
+                                      int64_t* __restrict__ num_batches_tracked, float momentum) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
   float count = 0.f, mean = 0.f, m2 = 0.f;
@@ -95,6 +98,12 @@ __global__ void stats_finalize_kernel(const float* __restrict__ part_mean,
   mean_out[c] = mean;
   var_out[c] = var;
   rstd_out[c] = rsqrtf(var + eps);
+  if (running_mean != nullptr) {  // nn.BatchNorm2d's update, unbiased variance
+    const float unbias = static_cast<float>(rows) / fmaxf(static_cast<float>(rows - 1), 1.f);
+    running_mean[c] = (1.f - momentum) * running_mean[c] + momentum * mean;
+    running_var[c] = (1.f - momentum) * running_var[c] + momentum * var * unbias;
+  }
+  if (c == 0 && num_batches_tracked != nullptr) *num_batches_tracked += 1;
 }
 
 template <typename T>
@@ -205,7 +214,10 @@ cudaError_t stats(const BnTailParams& p, cudaStream_t stream) {
   stats_finalize_kernel<<<static_cast<unsigned>((p.C + kBnThreads - 1) / kBnThreads), kBnThreads,
                           0, stream>>>(part_mean, part_m2, p.C, p.num_chunks, rows, rpc,
                                        static_cast<float>(p.eps), static_cast<float*>(p.out0),
-                                       static_cast<float*>(p.out1), static_cast<float*>(p.out2));
+                                       static_cast<float*>(p.out1), static_cast<float*>(p.out2),
+                                       static_cast<float*>(p.running_mean),
+                                       static_cast<float*>(p.running_var), p.num_batches_tracked,
+                                       static_cast<float>(p.momentum));
   return cudaGetLastError();
 }
 

@@ -4,7 +4,10 @@
 // op's final BatchNorm (batch or running statistics, optional affine) or nothing. The
 // kernels work on one op at a time, so the `low` memory mode never holds two z_k at once:
 //
-//   stats        mean_c, var_c (biased), rstd_c = 1/sqrt(var_c + eps) of z over (N, H, W)
+//   stats        mean_c, var_c (biased), rstd_c = 1/sqrt(var_c + eps) of z over (N, H, W);
+//                with running buffers also nn.BatchNorm2d's training update, in the same
+//                pass: running = (1 - momentum) * running + momentum * (mean_c, var_c * M/(M-1))
+//                with M = N*H*W, and num_batches_tracked += 1
 //   accumulate   acc (=|+=) w_k * (gamma_c * (z - mean_c) * rstd_c + beta_c)
 //                (no mean/rstd: w_k * z, used for identity and tail-less ops)
 //   grad_reduce  sum_g_c = sum g,  sum_gx_c = sum g * xhat  with xhat = (z - mean_c) * rstd_c
@@ -43,6 +46,10 @@ struct BnTailParams {
   void* out0;              // stats: mean;   grad_reduce: sum_g
   void* out1;              // stats: var;    grad_reduce: sum_gx
   void* out2;              // stats: rstd
+  void* running_mean;      // stats: (C,) accumulation dtype, or null: no running update
+  void* running_var;       // stats: (C,) accumulation dtype (with running_mean)
+  int64_t* num_batches_tracked;  // stats: one int64, or null
+  double momentum;         // stats: the BN's momentum (with running_mean)
   void* partials;          // CUDA workspace: 3 * num_chunks * C accumulation-dtype values
   int64_t num_chunks;      // CUDA: row chunks of the reductions
 };

@@ -124,12 +124,21 @@ void write_stats(const BnTailParams& p, const std::vector<Moments>& mom) {
   T* out_mean = static_cast<T*>(p.out0);
   T* out_var = static_cast<T*>(p.out1);
   T* out_rstd = static_cast<T*>(p.out2);
+  T* run_mean = static_cast<T*>(p.running_mean);
+  T* run_var = static_cast<T*>(p.running_var);
+  const double count = static_cast<double>(p.N * p.S);
+  const double unbias = count / std::max(count - 1.0, 1.0), m = p.momentum;
   for (int64_t c = 0; c < p.C; ++c) {
     const double var = mom[c].n > 0 ? mom[c].m2 / mom[c].n : 0.0;
     out_mean[c] = static_cast<T>(mom[c].mean);
     out_var[c] = static_cast<T>(var);
     out_rstd[c] = static_cast<T>(1.0 / std::sqrt(var + p.eps));
+    if (run_mean != nullptr) {
+      run_mean[c] = static_cast<T>((1.0 - m) * run_mean[c] + m * mom[c].mean);
+      run_var[c] = static_cast<T>((1.0 - m) * run_var[c] + m * var * unbias);
+    }
   }
+  if (p.num_batches_tracked != nullptr) ++*p.num_batches_tracked;
 }
 
 template <typename T>

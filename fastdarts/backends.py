@@ -78,8 +78,10 @@ class Backend:
     # Fused mixed-op tail (csrc/mixed_op.h). Activations (N, C, H, W) share one layout
     # (NCHW or channels_last); vectors and w are in the accumulation dtype.
     @staticmethod
-    def bn_stats(z, eps):
-        """-> (mean, var, rstd) per channel."""
+    def bn_stats(z, eps, running_mean=None, running_var=None, num_batches_tracked=None,
+                 momentum=0.1):
+        """-> (mean, var, rstd) per channel; with running buffers (accumulation dtype, and
+        optionally `num_batches_tracked`) also nn.BatchNorm2d's training update of them."""
         raise NotImplementedError
 
     @staticmethod
@@ -188,8 +190,10 @@ class CpuBackend(Backend):
         return (dy if need_dy else None), dw
 
     @staticmethod
-    def bn_stats(z, eps):
-        return tuple(_ext.C.bn_stats(z, eps))
+    def bn_stats(z, eps, running_mean=None, running_var=None, num_batches_tracked=None,
+                 momentum=0.1):
+        return tuple(_ext.C.bn_stats(z, eps, running_mean, running_var, num_batches_tracked,
+                                     momentum))
 
     @staticmethod
     def bn_accumulate(acc, z, w, k, mean, rstd, gamma, beta, init):
@@ -288,9 +292,10 @@ class TritonBackend(Backend):
         return weighted_sum_bwd(y, w, g, need_dy)
 
     @staticmethod
-    def bn_stats(z, eps):
+    def bn_stats(z, eps, running_mean=None, running_var=None, num_batches_tracked=None,
+                 momentum=0.1):
         from fastdarts.kernels.mixed_op import bn_stats
-        return bn_stats(z, eps)
+        return bn_stats(z, eps, running_mean, running_var, num_batches_tracked, momentum)
 
     @staticmethod
     def bn_accumulate(acc, z, w, k, mean, rstd, gamma, beta, init):

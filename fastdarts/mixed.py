@@ -33,7 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .backends import select_backend
 from .ops.darts import OPS, POOL_OPS, PRIMITIVES
 from .plans import OpPlan, plans_of, run_segments
-from .reference.mixed_op import acc_dtype
+from .reference.mixed_op import acc_dtype, running_stats_update_ref
 from .recompute import AutocastState, frozen_bn_stats, is_recomputing, RngState
 
 __all__ = ["MixedOp", "FusedMixedOp", "MEMORY_MODES", "mixed_forward"]
@@ -74,21 +74,25 @@ def _tail_stats(be, bn: _BatchNorm, z: torch.Tensor, acc) -> TailStats:
     if not use_batch:
         return TailStats(bn.running_mean.to(acc), torch.rsqrt(bn.running_var.to(acc) + bn.eps),
                          False)
+    updates = bn.training and bn.track_running_stats and bn.running_mean is not None
+    if updates and bn.momentum is not None and _kernel_buffers(bn, acc):
+        # The kernel updates the running statistics in the same pass (no extra launches).
+        mean, _, rstd = be.bn_stats(z, bn.eps, bn.running_mean, bn.running_var,
+                                    bn.num_batches_tracked, bn.momentum)
+        return TailStats(mean, rstd, True)
     mean, var, rstd = be.bn_stats(z, bn.eps)
-    if bn.training and bn.track_running_stats and bn.running_mean is not None:
-        with torch.no_grad():
-            bn.num_batches_tracked.add_(1)
-            count = z.numel() // z.shape[1]
-            unbiased = var * (count / max(count - 1, 1))
-            if bn.momentum is None:  # cumulative average, kept on the device
-                f = 1.0 / bn.num_batches_tracked.to(acc)
-                bn.running_mean.mul_(1 - f).add_((mean * f).to(bn.running_mean.dtype))
-                bn.running_var.mul_(1 - f).add_((unbiased * f).to(bn.running_var.dtype))
-            else:
-                m = bn.momentum
-                bn.running_mean.mul_(1 - m).add_(mean.to(bn.running_mean.dtype), alpha=m)
-                bn.running_var.mul_(1 - m).add_(unbiased.to(bn.running_var.dtype), alpha=m)
+    if updates:
+        running_stats_update_ref(bn.running_mean, bn.running_var, bn.num_batches_tracked,
+                                 mean, var, z.numel() // z.shape[1], bn.momentum)
     return TailStats(mean, rstd, True)
+
+
+def _kernel_buffers(bn: _BatchNorm, acc) -> bool:
+    """The BN's running buffers can be updated by the stats kernel (accumulation dtype,
+    contiguous, an int64 counter)."""
+    rm, rv, nbt = bn.running_mean, bn.running_var, bn.num_batches_tracked
+    return (rm.dtype == acc and rv.dtype == acc and rm.is_contiguous() and rv.is_contiguous()
+            and nbt is not None and nbt.dtype == torch.int64 and nbt.numel() == 1)
 
 
 def _affine(bn: Optional[_BatchNorm], acc):

@@ -61,8 +61,10 @@ def _stats_partial_kernel(Z, PartMean, PartM2, C, S, R, rows_per_chunk,
 
 
 @triton.jit
-def _stats_finalize_kernel(PartMean, PartM2, Mean, Var, Rstd, C, R, rows_per_chunk, chunks,
-                           eps, BLOCK_C: tl.constexpr):
+def _stats_finalize_kernel(PartMean, PartM2, Mean, Var, Rstd, RunMean, RunVar, Nbt, C, R,
+                           rows_per_chunk, chunks, eps, momentum, unbias,
+                           HAS_RUNNING: tl.constexpr, HAS_NBT: tl.constexpr,
+                           BLOCK_C: tl.constexpr):
     cols = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
     cmask = cols < C
     count = tl.zeros((BLOCK_C,), dtype=tl.float32)
@@ -81,6 +83,14 @@ def _stats_finalize_kernel(PartMean, PartM2, Mean, Var, Rstd, C, R, rows_per_chu
     tl.store(Mean + cols, mean, mask=cmask)
     tl.store(Var + cols, var, mask=cmask)
     tl.store(Rstd + cols, 1.0 / tl.sqrt(var + eps), mask=cmask)
+    if HAS_RUNNING:  # nn.BatchNorm2d's update, unbiased variance
+        rm = tl.load(RunMean + cols, mask=cmask, other=0.0)
+        rv = tl.load(RunVar + cols, mask=cmask, other=0.0)
+        tl.store(RunMean + cols, (1.0 - momentum) * rm + momentum * mean, mask=cmask)
+        tl.store(RunVar + cols, (1.0 - momentum) * rv + momentum * var * unbias, mask=cmask)
+    if HAS_NBT:
+        if tl.program_id(0) == 0:
+            tl.store(Nbt, tl.load(Nbt) + 1)
 
 
 @triton.jit
@@ -167,7 +177,8 @@ def _layout(z: torch.Tensor):
     return N, C, H * W, channels_last
 
 
-def bn_stats(z: torch.Tensor, eps: float):
+def bn_stats(z: torch.Tensor, eps: float, running_mean=None, running_var=None,
+             num_batches_tracked=None, momentum: float = 0.1):
     N, C, S, cl = _layout(z)
     R = N * S
     chunks = num_chunks(R)
@@ -176,8 +187,13 @@ def bn_stats(z: torch.Tensor, eps: float):
     _stats_partial_kernel[(chunks, triton.cdiv(C, BLOCK_C))](
         z, part[0], part[1], C, S, R, rpc, CHANNELS_LAST=cl, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C)
     out = torch.empty((3, C), device=z.device, dtype=torch.float32)
+    has_running = running_mean is not None
     _stats_finalize_kernel[(triton.cdiv(C, BLOCK_C),)](
-        part[0], part[1], out[0], out[1], out[2], C, R, rpc, chunks, eps, BLOCK_C=BLOCK_C)
+        part[0], part[1], out[0], out[1], out[2],
+        running_mean if has_running else out, running_var if has_running else out,
+        num_batches_tracked if num_batches_tracked is not None else out,
+        C, R, rpc, chunks, eps, float(momentum), R / max(R - 1, 1),
+        HAS_RUNNING=has_running, HAS_NBT=num_batches_tracked is not None, BLOCK_C=BLOCK_C)
     return out[0], out[1], out[2]
 
 

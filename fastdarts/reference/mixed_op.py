@@ -11,8 +11,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["mixed_op_ref", "bn_stats_ref", "bn_accumulate_ref", "bn_grad_reduce_ref",
-           "bn_grad_input_ref", "acc_dtype"]
+__all__ = ["mixed_op_ref", "bn_stats_ref", "running_stats_update_ref", "bn_accumulate_ref",
+           "bn_grad_reduce_ref", "bn_grad_input_ref", "acc_dtype"]
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -28,11 +28,33 @@ def mixed_op_ref(x: torch.Tensor, weights: torch.Tensor, ops: Sequence[nn.Module
     return sum(w * op(x) for w, op in zip(weights, ops))
 
 
-def bn_stats_ref(z: torch.Tensor, eps: float):
+def bn_stats_ref(z: torch.Tensor, eps: float, running_mean=None, running_var=None,
+                 num_batches_tracked=None, momentum: float = 0.1):
     zf = z.to(acc_dtype(z.dtype))
     mean = zf.mean(dim=(0, 2, 3))
     var = (zf - _c(mean)).square().mean(dim=(0, 2, 3))
+    if running_mean is not None:
+        running_stats_update_ref(running_mean, running_var, num_batches_tracked, mean, var,
+                                 z.numel() // z.shape[1], momentum)
     return mean, var, torch.rsqrt(var + eps)
+
+
+def running_stats_update_ref(running_mean, running_var, num_batches_tracked, mean, var,
+                             count: int, momentum) -> None:
+    """nn.BatchNorm2d's training update from the biased batch `var` over `count` values:
+    `running = (1 - m) * running + m * (mean, unbiased var)`, `num_batches_tracked += 1`;
+    momentum None: the cumulative average (m = 1 / num_batches_tracked, on the device)."""
+    with torch.no_grad():
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+        unbiased = var * (count / max(count - 1, 1))
+        if momentum is None:
+            f = 1.0 / num_batches_tracked.to(mean.dtype)
+            running_mean.mul_(1 - f).add_((mean * f).to(running_mean.dtype))
+            running_var.mul_(1 - f).add_((unbiased * f).to(running_var.dtype))
+        else:
+            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
 
 
 def _xhat(z, mean, rstd):

@@ -129,3 +129,37 @@ def test_binding_names_the_bad_argument():
         _ext.C.bn_stats(z.half(), 1e-5)
     with pytest.raises(ValueError, match="must be contiguous in NCHW or channels_last"):
         _ext.C.bn_stats(z.transpose(2, 3), 1e-5)
+    with pytest.raises(ValueError, match="argument 'running_var' must be given exactly when"):
+        _ext.C.bn_stats(z, 1e-5, torch.zeros(3), None)
+    with pytest.raises(ValueError, match="argument 'running_mean' must have shape"):
+        _ext.C.bn_stats(z, 1e-5, torch.zeros(4), torch.ones(4))
+    with pytest.raises(ValueError, match="argument 'num_batches_tracked' must be one int64"):
+        _ext.C.bn_stats(z, 1e-5, torch.zeros(3), torch.ones(3), torch.zeros(1))
+    with pytest.raises(ValueError, match="argument 'momentum' must lie in"):
+        _ext.C.bn_stats(z, 1e-5, torch.zeros(3), torch.ones(3), None, 1.5)
+
+
+@pytest.mark.parametrize("backend,device", backend_device_pairs())
+@pytest.mark.parametrize("fmt", LAYOUTS, ids=_fmt_id)
+@pytest.mark.parametrize("shape", [(2, 16, 8, 8), (1, 5, 7, 7), (4, 7, 9, 5)], ids=str)
+def test_stats_update_running_buffers_like_batchnorm(backend, device, fmt, shape):
+    """With running buffers, bn_stats also does nn.BatchNorm2d's training update (momentum,
+    unbiased variance, num_batches_tracked + 1), in every dtype it takes, 3 steps in a row."""
+    be = BACKENDS[backend]
+    for dtype in sorted({torch.float32, _dtype_for(backend)}, key=str):
+        bn = torch.nn.BatchNorm2d(shape[1], affine=False, momentum=0.3).to(device, dtype)
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        rm, rv = bn.running_mean.clone(), bn.running_var.clone()
+        nbt = bn.num_batches_tracked.clone()
+        for step in range(3):
+            z = _case(shape, fmt, device)[0].add(step).to(dtype)
+            mean, var, rstd = be.bn_stats(z, bn.eps, rm, rv, nbt, bn.momentum)
+            bn.train()(z)
+            ref = bn_stats_ref(z.double(), bn.eps)
+            tol = 1e-12 if dtype == torch.float64 else 1e-5
+            for name, a, b in zip(("mean", "var", "rstd"), (mean, var, rstd), ref):
+                assert _rel(a, b) <= tol, f"{name} {dtype}"
+        tol = 1e-12 if dtype == torch.float64 else 2e-6
+        assert _rel(rm, bn.running_mean) <= tol and _rel(rv, bn.running_var) <= tol, dtype
+        assert int(nbt) == int(bn.num_batches_tracked) == 3
