@@ -47,6 +47,24 @@ def _inputs():
     return x, y
 
 
+def _cpu_ticks():
+    """(steal, total) jiffies of this machine (/proc/stat), or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except OSError:
+        return None
+    return fields[7], sum(fields)
+
+
+def steal_fraction(before, after):
+    """Share of CPU time the hypervisor took from this VM between two `_cpu_ticks()`: on a
+    shared machine the timings of a row are only comparable at similar steal."""
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def _timed_step(model, x, y) -> float:
     if DEVICE == "cuda":
         torch.cuda.synchronize()
@@ -67,12 +85,15 @@ def interleaved_ratios(space: str) -> dict:
     for model in models.values():  # warm-up
         step(model, x, y)
     ratios = {m: [] for m in MODES}
+    ticks = _cpu_ticks()
     for r in range(AB_ROUNDS):
         order = MODES[r % len(MODES):] + MODES[:r % len(MODES)]
         times = {m: _timed_step(models[m], x, y) for m in order}
         for m in MODES:
             ratios[m].append(times[m] / times["reference"])
-    return {m: statistics.median(v) for m, v in ratios.items()}
+    out = {m: statistics.median(v) for m, v in ratios.items()}
+    out["steal"] = steal_fraction(ticks, _cpu_ticks())
+    return out
 
 
 def _probe(space, mode):
@@ -116,7 +137,9 @@ def test_supernet_step(benchmark, space, mode):
             torch.cuda.synchronize()
 
     benchmark.group = f"{space} step"
+    ticks = _cpu_ticks()
     benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=2, iterations=1)
+    steal = steal_fraction(ticks, _cpu_ticks())
     stats = benchmark.stats.stats
     probe = _probe(space, mode)
     info = benchmark.extra_info
@@ -124,7 +147,8 @@ def test_supernet_step(benchmark, space, mode):
                 backend=os.environ.get("FASTDARTS_BACKEND", "auto"),
                 median_s=stats.median,
                 time_vs_reference_interleaved=interleaved_ratios(space)[mode],
-                ab_rounds=AB_ROUNDS,
+                ab_rounds=AB_ROUNDS, cpu_steal=steal,
+                cpu_steal_interleaved=interleaved_ratios(space)["steal"],
                 saved_MiB_per_image=probe["saved_bytes_per_image"] / 2**20,
                 peak_MiB=probe["peak_bytes"] / 2**20,
                 bn_batches_tracked_per_bn=probe["bn_batches_tracked_per_bn"],

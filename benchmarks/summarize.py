@@ -46,8 +46,9 @@ def summarize(path: str) -> str:
     if step_groups:
         lines += ["", "| supernet | mode | backend | batch | step (s) | time vs reference | "
                   "time vs reference, interleaved | saved MiB/image | saved vs reference | peak MiB | peak vs reference | "
-                  "BN updates/BN | energy mJ/step | batch in 80 GiB (projected) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "BN updates/BN | energy mJ/step | batch in 80 GiB (projected) | "
+                  "CPU steal (row / A/B) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for group in sorted(step_groups):
             rows = step_groups[group]
             # a run of only some modes (-k) has no reference row: ratios are left blank
@@ -70,7 +71,7 @@ def summarize(path: str) -> str:
                     f"{ratio(lambda r, v: f'1/{r / max(v, 1e-9):.1f}', 'peak_MiB', 'peak_MiB', e)} | "
                     f"{e['bn_batches_tracked_per_bn']:.2f} (of {e['probe_steps']} steps) | "
                     f"{'' if energy is None else f'{energy:.0f}'} | "
-                    f"{e.get('projected_batch_80GiB', '')} |")
+                    f"{e.get('projected_batch_80GiB', '')} | {_steal(e)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -78,6 +79,12 @@ def _interleaved(e: dict) -> str:
     """The A/B ratio of bench_mixed_op (absent from older result files)."""
     r = e.get("time_vs_reference_interleaved")
     return "" if r is None else f"{r:.2f}x (median of {e['ab_rounds']})"
+
+
+def _steal(e: dict) -> str:
+    """CPU time taken by the hypervisor while the row (and the A/B run) were timed."""
+    a, b = e.get("cpu_steal"), e.get("cpu_steal_interleaved")
+    return "" if a is None else f"{a:.0%} / {b:.0%}" if b is not None else f"{a:.0%}"
 
 
 def _second_order_table(groups) -> list[str]:
