@@ -142,13 +142,13 @@ def test_supernet_step(benchmark, space, mode):
     steal = steal_fraction(ticks, _cpu_ticks())
     stats = benchmark.stats.stats
     probe = _probe(space, mode)
+    ab = interleaved_ratios(space)
     info = benchmark.extra_info
     info.update(kind="supernet_step", space=space, mode=mode, batch=BATCH, device=DEVICE,
                 backend=os.environ.get("FASTDARTS_BACKEND", "auto"),
                 median_s=stats.median,
-                time_vs_reference_interleaved=interleaved_ratios(space)[mode],
-                ab_rounds=AB_ROUNDS, cpu_steal=steal,
-                cpu_steal_interleaved=interleaved_ratios(space)["steal"],
+                time_vs_reference_interleaved=ab[mode], ab_rounds=AB_ROUNDS,
+                cpu_steal=steal, cpu_steal_interleaved=ab["steal"],
                 saved_MiB_per_image=probe["saved_bytes_per_image"] / 2**20,
                 peak_MiB=probe["peak_bytes"] / 2**20,
                 bn_batches_tracked_per_bn=probe["bn_batches_tracked_per_bn"],
