@@ -152,6 +152,6 @@ def test_supernet_step(benchmark, space, mode):
                 saved_MiB_per_image=probe["saved_bytes_per_image"] / 2**20,
                 peak_MiB=probe["peak_bytes"] / 2**20,
                 bn_batches_tracked_per_bn=probe["bn_batches_tracked_per_bn"],
-                probe_steps=probe["steps_run"])
+                probe_steps=probe["steps_run"], host_work=probe["host_work"])
     if DEVICE == "cuda":
         info["energy_mJ_per_step"], info["power_W"] = _energy_mj(run)

@@ -95,6 +95,6 @@ def test_imagenet_supernet_step(benchmark, net, mode):
         saved_MiB_per_image=probe["saved_bytes_per_image"] / 2**20,
         peak_MiB=probe["peak_bytes"] / 2**20,
         bn_batches_tracked_per_bn=probe["bn_batches_tracked_per_bn"],
-        probe_steps=probe["steps_run"],
+        probe_steps=probe["steps_run"], host_work=probe["host_work"],
         projected_batch_80GiB=int(GPU_BYTES // max(per_image_peak, 1.0)),
         num_weights=sum(p.numel() for p in model.weight_parameters()))

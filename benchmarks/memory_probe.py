@@ -86,6 +86,69 @@ def saved_bytes(model, x, y) -> int:
     return sum(n for ptr, n in seen.items() if ptr not in params)
 
 
+# Dispatcher ops that only allocate or make a view: they run no device kernel.
+_NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided",
+              "promote_types", "result_type", "is_same_size", "lift_fresh", "set_"}
+# Device kernels one fastdarts call launches with the CUDA backend (csrc/*.cu; 1 if not
+# listed): the reductions are a partial and a finalize kernel. The depthwise backward runs
+# our C++ kernel on the CPU and cuDNN's one convolution_backward on a GPU.
+_CUDA_LAUNCHES = {"bn_stats": 2, "bn_grad_reduce": 2, "hvp_sq_norm": 2,
+                  "weighted_sum_bwd": 2}
+_KERNEL_CALLS = ("weighted_sum_fwd", "weighted_sum_bwd", "bn_stats", "bn_accumulate",
+                 "bn_grad_reduce", "bn_grad_input", "partial_combine_fwd",
+                 "partial_combine_bwd", "hvp_virtual_step", "hvp_sq_norm", "hvp_perturb",
+                 "hvp_combine", "depthwise_conv_bwd")
+
+
+def host_work(model, x, y) -> dict:
+    """What one step asks of the host, counted (the GPU step at these sizes is bound by the
+    host, so this is what `fast` and `low` must not add to): every dispatcher op, those that
+    run a device kernel (views and bare allocations excluded), and the fastdarts kernel calls,
+    with the device launches they make on CUDA. Deterministic, so comparable across machines
+    and loads, unlike CPU times here."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from fastdarts.backends import BACKENDS
+
+    counts = {"aten_ops": 0, "aten_kernel_ops": 0}
+    calls: dict[str, int] = {}
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            counts["aten_ops"] += 1
+            if not func.is_view and func.overloadpacket.__name__ not in _NO_KERNEL:
+                counts["aten_kernel_ops"] += 1
+            return func(*args, **(kwargs or {}))
+
+    originals = {}
+    for cls in BACKENDS.values():
+        for name in _KERNEL_CALLS:
+            original = cls.__dict__.get(name)
+            if original is None:  # inherited: counted through the class that defines it
+                continue
+            originals[(cls, name)] = original
+            fn = original.__func__ if isinstance(original, staticmethod) else original
+            if fn is getattr(BACKENDS["reference"], name):
+                continue  # runs aten ops, which the dispatch mode counts already
+
+            def counted(*args, _fn=fn, _name=name, **kwargs):
+                calls[_name] = calls.get(_name, 0) + 1
+                return _fn(*args, **kwargs)
+            setattr(cls, name, staticmethod(counted))
+    try:
+        with Count():
+            step(model, x, y)
+    finally:
+        for (cls, name), original in originals.items():
+            setattr(cls, name, original)
+    counts["fastdarts_calls"] = calls
+    # On a GPU (CUDA backend): the aten kernels plus our launches. Measured on the CPU this
+    # is an estimate: a CPU kernel's own aten helpers (the depthwise dx pads g) are counted
+    # too, which the CUDA path does not run.
+    counts["cuda_launches_estimate"] = counts["aten_kernel_ops"] + sum(
+        n * _CUDA_LAUNCHES.get(name, 1) for name, n in calls.items())
+    return counts
+
+
 def _rss_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -135,6 +198,7 @@ def measure(space, mode, batch, size, C, layers, device, channels_last, repeats,
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     saved = saved_bytes(model, x, y)
+    host = host_work(model, x, y)
     nbt = sum(int(m.num_batches_tracked) for m in model.modules()
               if isinstance(m, torch.nn.BatchNorm2d) and m.num_batches_tracked is not None)
     bns = sum(1 for m in model.modules()
@@ -145,10 +209,11 @@ def measure(space, mode, batch, size, C, layers, device, channels_last, repeats,
         "device": str(device), "channels_last": channels_last,
         "saved_bytes_per_image": saved / batch, "peak_bytes": peak,
         "step_s_median": sorted(times)[len(times) // 2], "step_s_all": times,
-        # steps run so far: 2 warm-up + peak + repeats (+0: the saved-bytes pass is forward
-        # only but updates BN statistics once more)
+        # steps run so far: 2 warm-up + peak + repeats + the counted step (+1: the
+        # saved-bytes pass is forward only but updates BN statistics once more)
         "bn_batches_tracked_per_bn": nbt / max(bns, 1),
-        "steps_run": 3 + repeats + 1,
+        "steps_run": 3 + repeats + 2,
+        "host_work": host,
     }
 
 

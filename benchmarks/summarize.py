@@ -47,8 +47,9 @@ def summarize(path: str) -> str:
         lines += ["", "| supernet | mode | backend | batch | step (s) | time vs reference | "
                   "time vs reference, interleaved | saved MiB/image | saved vs reference | peak MiB | peak vs reference | "
                   "BN updates/BN | energy mJ/step | batch in 80 GiB (projected) | "
-                  "CPU steal (row / A/B) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "CPU steal (row / A/B) | host work per step: dispatcher ops / GPU launches "
+                  "(estimate) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for group in sorted(step_groups):
             rows = step_groups[group]
             # a run of only some modes (-k) has no reference row: ratios are left blank
@@ -71,7 +72,8 @@ def summarize(path: str) -> str:
                     f"{ratio(lambda r, v: f'1/{r / max(v, 1e-9):.1f}', 'peak_MiB', 'peak_MiB', e)} | "
                     f"{e['bn_batches_tracked_per_bn']:.2f} (of {e['probe_steps']} steps) | "
                     f"{'' if energy is None else f'{energy:.0f}'} | "
-                    f"{e.get('projected_batch_80GiB', '')} | {_steal(e)} |")
+                    f"{e.get('projected_batch_80GiB', '')} | {_steal(e)} | "
+                    f"{_host(e, ref)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -79,6 +81,18 @@ def _interleaved(e: dict) -> str:
     """The A/B ratio of bench_mixed_op (absent from older result files)."""
     r = e.get("time_vs_reference_interleaved")
     return "" if r is None else f"{r:.2f}x (median of {e['ab_rounds']})"
+
+
+def _host(e: dict, ref) -> str:
+    """Dispatcher ops and estimated CUDA launches of one step (memory_probe.host_work), with
+    their ratio to the reference row."""
+    h = e.get("host_work")
+    if h is None:
+        return ""
+    r = None if ref is None else ref.get("host_work")
+    rel = (lambda k: "" if r is None else f" ({h[k] / r[k]:.2f}x)")
+    return (f"{h['aten_ops']:,}{rel('aten_ops')} / "
+            f"{h['cuda_launches_estimate']:,}{rel('cuda_launches_estimate')}")
 
 
 def _steal(e: dict) -> str:

@@ -323,10 +323,22 @@ void bn_accumulate(at::Tensor& acc, const at::Tensor& z, const at::Tensor& w, in
 }
 
 std::vector<at::Tensor> bn_grad_reduce(const at::Tensor& g, const at::Tensor& z,
-                                       const OptTensor& mean, const OptTensor& rstd) {
+                                       const OptTensor& mean, const OptTensor& rstd,
+                                       const OptTensor& gamma, const OptTensor& beta,
+                                       const OptTensor& dw, int64_t k) {
   TailCall call("bn_grad_reduce", z);
   call.p.g = call.activation(g, "g", z.scalar_type());
   call.normalisation(mean, rstd);
+  call.p.gamma = call.vec(gamma, "gamma", call.p.C);
+  call.p.beta = call.vec(beta, "beta", call.p.C);
+  if (dw.has_value() && dw->defined()) {  // the mixing-weight gradient, entry k written
+    FD_CHECK_ARG(dw->dim() == 1, call.fn, "dw", "must be 1-D (one entry per op); got ",
+                 shape_str(*dw));
+    call.p.dw = const_cast<void*>(call.vec(dw, "dw", dw->size(0)));
+    FD_CHECK_ARG(k >= 0 && k < dw->size(0), call.fn, "k", "must index dw (0 <= k < ",
+                 dw->size(0), "); got ", k);
+    call.p.k = k;
+  }
   at::Tensor sum_g = call.new_vec(), sum_gx = call.new_vec();
   call.p.out0 = sum_g.data_ptr();
   call.p.out1 = sum_gx.data_ptr();
@@ -688,8 +700,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "acc (=|+=) w[k] * (gamma * (z - mean) * rstd + beta)", py::arg("acc"), py::arg("z"),
         py::arg("w"), py::arg("k"), py::arg("mean"), py::arg("rstd"), py::arg("gamma"),
         py::arg("beta"), py::arg("init"));
-  m.def("bn_grad_reduce", &fastdarts::bn_grad_reduce, "(sum g, sum g * xhat) per channel",
-        py::arg("g"), py::arg("z"), py::arg("mean"), py::arg("rstd"));
+  m.def("bn_grad_reduce", &fastdarts::bn_grad_reduce,
+        "(sum g, sum g * xhat) per channel; with dw also dw[k] = sum gamma * sum_gx + beta * sum_g",
+        py::arg("g"), py::arg("z"), py::arg("mean"), py::arg("rstd"),
+        py::arg("gamma") = py::none(), py::arg("beta") = py::none(), py::arg("dw") = py::none(),
+        py::arg("k") = 0);
   m.def("bn_grad_input", &fastdarts::bn_grad_input, "gradient of z through the BN tail",
         py::arg("g"), py::arg("z"), py::arg("w"), py::arg("k"), py::arg("mean"),
         py::arg("rstd"), py::arg("gamma"), py::arg("sum_g"), py::arg("sum_gx"),

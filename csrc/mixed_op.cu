@@ -133,19 +133,33 @@ __global__ void grad_reduce_partial_kernel(const T* __restrict__ g, const T* __r
   }
 }
 
+// Merges the chunk partials of each channel in chunk order. With `dw` (launched as one block)
+// it also forms dw[k] = sum_c gamma_c * sum_gx_c + beta_c * sum_g_c: each thread sums its
+// channels in order, then a fixed-shape tree: deterministic.
 __global__ void grad_reduce_finalize_kernel(const float* __restrict__ part_g,
                                             const float* __restrict__ part_gx, int64_t C,
                                             int64_t chunks, float* __restrict__ sum_g,
-                                            float* __restrict__ sum_gx) {
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  float a = 0.f, b = 0.f;
-  for (int64_t q = 0; q < chunks; ++q) {
-    a += part_g[q * C + c];
-    b += part_gx[q * C + c];
+                                            float* __restrict__ sum_gx,
+                                            const float* __restrict__ gamma,
+                                            const float* __restrict__ beta,
+                                            float* __restrict__ dw, int64_t k) {
+  __shared__ float shared[kBnThreads];
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  float local_dw = 0.f;
+  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < C;
+       c += step) {
+    float a = 0.f, b = 0.f;
+    for (int64_t q = 0; q < chunks; ++q) {
+      a += part_g[q * C + c];
+      b += part_gx[q * C + c];
+    }
+    sum_g[c] = a;
+    sum_gx[c] = b;
+    local_dw += load_or(gamma, c, 1.f) * b + load_or(beta, c, 0.f) * a;
   }
-  sum_g[c] = a;
-  sum_gx[c] = b;
+  if (dw == nullptr) return;  // uniform over the launch
+  const float total = block_sum(local_dw, shared);
+  if (threadIdx.x == 0) dw[k] = total;
 }
 
 template <typename T>
@@ -234,10 +248,13 @@ cudaError_t grad_reduce(const BnTailParams& p, cudaStream_t stream) {
                    part_gx);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  grad_reduce_finalize_kernel<<<static_cast<unsigned>((p.C + kBnThreads - 1) / kBnThreads),
-                                kBnThreads, 0, stream>>>(part_g, part_gx, p.C, p.num_chunks,
-                                                         static_cast<float*>(p.out0),
-                                                         static_cast<float*>(p.out1));
+  // One block when it also forms dw (a sum over all channels), else one thread per channel.
+  const unsigned blocks =
+      p.dw != nullptr ? 1u : static_cast<unsigned>((p.C + kBnThreads - 1) / kBnThreads);
+  grad_reduce_finalize_kernel<<<blocks, kBnThreads, 0, stream>>>(
+      part_g, part_gx, p.C, p.num_chunks, static_cast<float*>(p.out0),
+      static_cast<float*>(p.out1), static_cast<const float*>(p.gamma),
+      static_cast<const float*>(p.beta), static_cast<float*>(p.dw), p.k);
   return cudaGetLastError();
 }
 

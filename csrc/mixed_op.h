@@ -11,7 +11,9 @@
 //   accumulate   acc (=|+=) w_k * (gamma_c * (z - mean_c) * rstd_c + beta_c)
 //                (no mean/rstd: w_k * z, used for identity and tail-less ops)
 //   grad_reduce  sum_g_c = sum g,  sum_gx_c = sum g * xhat  with xhat = (z - mean_c) * rstd_c
-//                (or z without normalisation)
+//                (or z without normalisation); with a dw buffer also the mixing-weight
+//                gradient  dw[k] = sum_c gamma_c * sum_gx_c + beta_c * sum_g_c  in the same
+//                call (saves the launches of a separate reduction and scatter per op)
 //   grad_input   dz = w_k * gamma_c * rstd_c * (g - sum_g_c / M - xhat * sum_gx_c / M)
 //                with batch statistics, dz = w_k * gamma_c * rstd_c * g with fixed ones.
 //
@@ -45,6 +47,7 @@ struct BnTailParams {
   double eps;              // stats: BN epsilon
   void* out0;              // stats: mean;   grad_reduce: sum_g
   void* out1;              // stats: var;    grad_reduce: sum_gx
+  void* dw;                // grad_reduce: (K,) accumulation dtype, entry k written; or null
   void* out2;              // stats: rstd
   void* running_mean;      // stats: (C,) accumulation dtype, or null: no running update
   void* running_var;       // stats: (C,) accumulation dtype (with running_mean)

@@ -296,10 +296,14 @@ void grad_reduce(const BnTailParams& p) {
   }
   T* out_sg = static_cast<T*>(p.out0);
   T* out_sgx = static_cast<T*>(p.out1);
+  double dw = 0;  // mixing-weight gradient, summed over channels in order
   for (int64_t c = 0; c < C; ++c) {
     out_sg[c] = static_cast<T>(sg[c]);
     out_sgx[c] = static_cast<T>(sgx[c] * rstd[c]);  // sum g * xhat
+    dw += static_cast<double>(load_or<T>(p.gamma, c, T(1))) * out_sgx[c];
+    if (p.beta != nullptr) dw += static_cast<double>(static_cast<const T*>(p.beta)[c]) * out_sg[c];
   }
+  if (p.dw != nullptr) static_cast<T*>(p.dw)[p.k] = static_cast<T>(dw);
 }
 
 template <typename T>

@@ -90,8 +90,9 @@ class Backend:
         raise NotImplementedError
 
     @staticmethod
-    def bn_grad_reduce(g, z, mean, rstd):
-        """-> (sum g, sum g * xhat) per channel."""
+    def bn_grad_reduce(g, z, mean, rstd, gamma=None, beta=None, dw=None, k=0):
+        """-> (sum g, sum g * xhat) per channel; with `dw` ((K,), accumulation dtype) also
+        writes dw[k] = sum_c gamma_c * sum_gx_c + beta_c * sum_g_c in the same call."""
         raise NotImplementedError
 
     @staticmethod
@@ -200,8 +201,8 @@ class CpuBackend(Backend):
         _ext.C.bn_accumulate(acc, z, w, k, mean, rstd, gamma, beta, init)
 
     @staticmethod
-    def bn_grad_reduce(g, z, mean, rstd):
-        return tuple(_ext.C.bn_grad_reduce(g, z, mean, rstd))
+    def bn_grad_reduce(g, z, mean, rstd, gamma=None, beta=None, dw=None, k=0):
+        return tuple(_ext.C.bn_grad_reduce(g, z, mean, rstd, gamma, beta, dw, k))
 
     @staticmethod
     def bn_grad_input(g, z, w, k, mean, rstd, gamma, sum_g, sum_gx, batch_stats):
@@ -303,9 +304,9 @@ class TritonBackend(Backend):
         bn_accumulate(acc, z, w, k, mean, rstd, gamma, beta, init)
 
     @staticmethod
-    def bn_grad_reduce(g, z, mean, rstd):
+    def bn_grad_reduce(g, z, mean, rstd, gamma=None, beta=None, dw=None, k=0):
         from fastdarts.kernels.mixed_op import bn_grad_reduce
-        return bn_grad_reduce(g, z, mean, rstd)
+        return bn_grad_reduce(g, z, mean, rstd, gamma, beta, dw, k)
 
     @staticmethod
     def bn_grad_input(g, z, w, k, mean, rstd, gamma, sum_g, sum_gx, batch_stats):
@@ -360,9 +361,22 @@ def _requested(backend: str | None) -> str:
     return name
 
 
+_selected: dict = {}
+
+
 def select_backend(*tensors: torch.Tensor, backend: str | None = None) -> type[Backend]:
-    """The backend class that runs an op on `tensors` (see the module docstring)."""
+    """The backend class that runs an op on `tensors` (see the module docstring). The choice
+    depends only on the request, the extension and the tensors' devices and dtypes, so it is
+    made once per combination (it runs for every edge of every step)."""
     name = _requested(backend)
+    key = (name, id(_ext.C), *((t.device.type, t.dtype) for t in tensors))
+    cls = _selected.get(key)
+    if cls is None:
+        cls = _selected[key] = _select(name, tensors)
+    return cls
+
+
+def _select(name: str, tensors) -> type[Backend]:
     if name != "auto":
         cls = BACKENDS[name]
         if not cls.not_supported_reasons(*tensors):

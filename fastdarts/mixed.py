@@ -34,7 +34,8 @@ from .backends import select_backend
 from .ops.darts import OPS, POOL_OPS, PRIMITIVES
 from .plans import OpPlan, plans_of, run_segments
 from .reference.mixed_op import acc_dtype, running_stats_update_ref
-from .recompute import AutocastState, frozen_bn_stats, is_recomputing, RngState
+from .recompute import (AutocastState, frozen_bn_stats, is_recomputing, recording_tape,
+                        replayed_stats, RngState)
 
 __all__ = ["MixedOp", "FusedMixedOp", "MEMORY_MODES", "mixed_forward"]
 
@@ -48,6 +49,11 @@ def _format_of(x: torch.Tensor):
     if x.is_contiguous():
         return torch.contiguous_format
     if x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    # A channel slice of a channels_last tensor (a node state taken from a cell output)
+    # keeps channels innermost: copy it once into channels_last, where the convs run, rather
+    # than every op output into NCHW.
+    if x.dim() == 4 and x.stride(1) == 1 and x.shape[1] > 1:
         return torch.channels_last
     return torch.contiguous_format
 
@@ -101,19 +107,29 @@ def _affine(bn: Optional[_BatchNorm], acc):
     return _vec(bn.weight, acc), _vec(bn.bias, acc)
 
 
+def _static_layout(owner: nn.Module):
+    """(plans, active plans, share the leading ReLU, draws random numbers) of an edge, cached
+    with its plans: worked out once, not on every call."""
+    plans = plans_of(owner)
+    skipped = owner.__dict__.get("skipped_ops", ())
+    cached = owner.__dict__.get("_fastdarts_layout")
+    if cached is None or cached[0] is not plans or cached[1] != skipped:
+        active = [p for p in plans if p.kind != "zero" and p.index not in skipped]
+        layout = (plans, active, any(p.relu_first for p in active),
+                  any(p.uses_rng for p in active))
+        cached = owner.__dict__["_fastdarts_layout"] = (plans, skipped, layout)
+    return cached[2]
+
+
 class _Edge:
     """Per-call context: the plans, the backend, layout and dtypes of one edge."""
 
     def __init__(self, owner: nn.Module, x: torch.Tensor, backend: Optional[str]):
-        self.plans = plans_of(owner)
+        self.plans, self.active, self.share_relu, self.uses_rng = _static_layout(owner)
         self.K = len(self.plans)
-        skipped = owner.__dict__.get("skipped_ops", ())
-        self.active = [p for p in self.plans if p.kind != "zero" and p.index not in skipped]
-        self.share_relu = sum(p.relu_first for p in self.active) > 0
         self.fmt = _format_of(x)
         self.acc = acc_dtype(x.dtype)
         self.be = select_backend(x, backend=backend)
-        self.uses_rng = any(p.uses_rng for p in self.active)
         self.owner = owner
 
     def body_output(self, p: OpPlan, x, r, r_plain=None):
@@ -141,23 +157,27 @@ class _Edge:
             return zero.module(x.detach())
         return acc_buf if acc_buf.dtype == out_dtype else acc_buf.to(out_dtype)
 
-    def op_backward(self, g, z, w, p: OpPlan, stats: Optional[TailStats], need_dz: bool):
-        """-> (dz or None, dw_k (0-dim), dgamma, dbeta) for one op given g = dL/dout."""
+    def new_weight_grads(self, x, needed: bool) -> Optional[torch.Tensor]:
+        """The (K,) buffer the backward kernels write each dw_k into (skipped ops keep 0)."""
+        return torch.zeros(self.K, device=x.device, dtype=self.acc) if needed else None
+
+    def op_backward(self, g, z, w, p: OpPlan, stats: Optional[TailStats], need_dz: bool,
+                    dW: Optional[torch.Tensor]):
+        """-> (dz or None, dgamma, dbeta) for one op given g = dL/dout; writes dW[k] (the
+        kernel forms it from its channel sums in the same call)."""
         g = g if g.dtype == z.dtype else g.to(z.dtype)
         mean = None if stats is None else stats.mean
         rstd = None if stats is None else stats.rstd
         gamma, beta = _affine(p.tail, self.acc)
-        sum_g, sum_gx = self.be.bn_grad_reduce(g, z, mean, rstd)
-        dw = (sum_gx * gamma).sum() if gamma is not None else sum_gx.sum()
+        sum_g, sum_gx = self.be.bn_grad_reduce(g, z, mean, rstd, gamma, beta, dW, p.index)
         dgamma = dbeta = None
         if beta is not None:
-            dw = dw + (sum_g * beta).sum()
             dgamma, dbeta = w[p.index] * sum_gx, w[p.index] * sum_g
         dz = None
         if need_dz:
             dz = self.be.bn_grad_input(g, z, w, p.index, mean, rstd, gamma, sum_g, sum_gx,
                                        stats is not None and stats.batch)
-        return dz, dw, dgamma, dbeta
+        return dz, dgamma, dbeta
 
 
 def _check_inputs(owner, x, weights):
@@ -178,17 +198,29 @@ def _weights_acc(weights, x, acc):
     return weights.detach().to(device=x.device, dtype=acc, non_blocking=True).contiguous()
 
 
-def _accumulate_edge(edge: _Edge, x, w_acc, z_of: Callable):
-    """`sum_k w_k * tail_k(z_k)` one op at a time, `z_of(plan)` giving each body output.
-    -> (out, tail statistics per op)."""
+def _reusable(st: Optional[TailStats], bn: _BatchNorm) -> bool:
+    """Statistics recorded in a block's first pass still apply: batch statistics, and the BN
+    still normalises with batch statistics (a recompute has frozen its running ones)."""
+    return st is not None and st.batch and (bn.training or bn.running_mean is None)
+
+
+def _accumulate_edge(edge: _Edge, x, w_acc, z_of: Callable, known=None):
+    """`sum_k w_k * tail_k(z_k)` one op at a time, `z_of(plan)` giving each body output;
+    `known`: per-op statistics from the first pass of a recomputed block, used instead of
+    reducing z_k again. -> (out, tail statistics per op)."""
     acc_buf, stats, out_dtype = None, [None] * edge.K, x.dtype
     for p in edge.active:
         if p.kind == "identity":
             z, st = x, None
         else:
             z = z_of(p)
-            st = _tail_stats(edge.be, p.tail, z, edge.acc) if p.tail is not None else None
-            out_dtype = torch.promote_types(out_dtype, z.dtype)
+            st = None
+            if p.tail is not None:
+                st = known[p.index] if known is not None else None
+                if not _reusable(st, p.tail):
+                    st = _tail_stats(edge.be, p.tail, z, edge.acc)
+            if z.dtype != out_dtype:  # (a dispatcher call each time otherwise)
+                out_dtype = torch.promote_types(out_dtype, z.dtype)
         acc_buf = edge.accumulate(acc_buf, z, w_acc, p, st)
         stats[p.index] = st
         del z
@@ -202,23 +234,19 @@ def _forward_nograd(edge: _Edge, x, w_acc):
     return _accumulate_edge(edge, x, w_acc, lambda p: edge.body_output(p, x, r))
 
 
-def _identity_backward(edge: _Edge, g, x, w_acc, p: OpPlan, need_x: bool):
-    """-> (dw_k, the term `w_k * g` of dx or None) of an identity op."""
-    _, dw, _, _ = edge.op_backward(g, x, w_acc, p, None, need_dz=False)
-    return dw, (g * w_acc[p.index].to(g.dtype) if need_x else None)
+def _identity_backward(edge: _Edge, g, x, w_acc, p: OpPlan, need_x: bool, dW):
+    """-> the term `w_k * g` of dx (or None) of an identity op; writes dW[k]."""
+    if dW is not None:
+        edge.op_backward(g, x, w_acc, p, None, False, dW)
+    return g * w_acc[p.index].to(g.dtype) if need_x else None
 
 
 def _add(a, b):
     return b if a is None else (a if b is None else a + b)
 
 
-def _grads_for_weights(dws, weights, edge):
-    """Stack the per-op dw_k (ops that were skipped get 0) into weights' dtype and device."""
-    device = dws[0][1].device if dws else weights.device
-    dW = torch.zeros(edge.K, device=device, dtype=edge.acc)
-    for k, dw in dws:
-        dW[k] = dw
-    return dW.to(device=weights.device, dtype=weights.dtype)
+def _as_weights_grad(dW, weights):
+    return None if dW is None else dW.to(device=weights.device, dtype=weights.dtype)
 
 
 def _op_params(p: OpPlan) -> list[nn.Parameter]:
@@ -235,12 +263,12 @@ def _body_params(p: OpPlan) -> list[nn.Parameter]:
 
 class _FusedTailFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, edge: _Edge, x, weights, *zs_and_affine):
+    def forward(ctx, edge: _Edge, x, weights, known, *zs_and_affine):
         n_bodies = sum(p.kind == "body" for p in edge.active)
         zs = zs_and_affine[:n_bodies]
         w_acc = _weights_acc(weights, x, edge.acc)
         zi = iter(zs)
-        out, stats = _accumulate_edge(edge, x, w_acc, lambda p: next(zi))
+        out, stats = _accumulate_edge(edge, x, w_acc, lambda p: next(zi), known)
         ctx.edge, ctx.stats = edge, stats
         ctx.save_for_backward(x, weights, w_acc, *zs)
         return out
@@ -251,27 +279,26 @@ class _FusedTailFunction(torch.autograd.Function):
         x, weights, w_acc, *zs = ctx.saved_tensors
         g = _as(g, edge.fmt)
         dx = None
-        dzs, dws, daff = [], [], []
+        dzs, daff = [], []
+        dW = edge.new_weight_grads(x, ctx.needs_input_grad[2])
         zi = iter(zs)
         for p in edge.active:
             if p.kind == "identity":
-                dw, term = _identity_backward(edge, g, x, w_acc, p, ctx.needs_input_grad[1])
-                dws.append((p.index, dw))
-                dx = _add(dx, term)
+                dx = _add(dx, _identity_backward(edge, g, x, w_acc, p, ctx.needs_input_grad[1],
+                                                 dW))
                 continue
             z = next(zi)
-            dz, dw, dgamma, dbeta = edge.op_backward(g, z, w_acc, p, stats[p.index], True)
+            dz, dgamma, dbeta = edge.op_backward(g, z, w_acc, p, stats[p.index], True, dW)
             dzs.append(dz)
-            dws.append((p.index, dw))
             if p.tail is not None and p.tail.affine:
                 daff += [dgamma.to(p.tail.weight.dtype), dbeta.to(p.tail.bias.dtype)]
-        dW = _grads_for_weights(dws, weights, edge) if ctx.needs_input_grad[2] else None
-        return (None, dx, dW, *dzs, *daff)
+        return (None, dx, _as_weights_grad(dW, weights), None, *dzs, *daff)
 
 
-def _forward_fast(edge: _Edge, x, weights, segmented: bool = True):
+def _forward_fast(edge: _Edge, x, weights, segmented: bool = True, known=None):
     """`segmented=False` (inside a recompute, which keeps little anyway): every body keeps
-    its graph, which avoids recomputing the segments a second time."""
+    its graph, which avoids recomputing the segments a second time. `known`: the tail
+    statistics of the recomputed block's first pass (`_accumulate_edge`)."""
     x = _as(x, edge.fmt)
     r = r_plain = None
     if edge.share_relu:
@@ -289,7 +316,7 @@ def _forward_fast(edge: _Edge, x, weights, segmented: bool = True):
     for p in edge.active:
         if p.kind == "body" and p.tail is not None and p.tail.affine:
             affine += [p.tail.weight, p.tail.bias]
-    return _FusedTailFunction.apply(edge, x, weights, *zs, *affine)
+    return _FusedTailFunction.apply(edge, x, weights, known, *zs, *affine)
 
 
 # --------------------------------------------------------------------------------------
@@ -315,21 +342,19 @@ class _LowMemoryEdgeFunction(torch.autograd.Function):
         params = [q for p in edge.active for q in _op_params(p)]
         grads = {id(q): None for q in params}
         need_x = ctx.needs_input_grad[1]
-        dws, dx, dr = [], None, None
+        dW = edge.new_weight_grads(x, ctx.needs_input_grad[2])
+        dx = dr = None
         with torch.enable_grad(), frozen_bn_stats(edge.owner), RngState.restored(ctx.rng), \
                 ctx.autocast():
             xd = x.detach().requires_grad_(need_x)
             r = F.relu(xd) if edge.share_relu else None
             for p in edge.active:
                 if p.kind == "identity":
-                    dw, term = _identity_backward(edge, g, x, w_acc, p, need_x)
-                    dws.append((p.index, dw))
-                    dx = _add(dx, term)
+                    dx = _add(dx, _identity_backward(edge, g, x, w_acc, p, need_x, dW))
                     continue
                 z = edge.body_output(p, xd, r)
-                dz, dw, dgamma, dbeta = edge.op_backward(g, z.detach(), w_acc, p,
-                                                         stats[p.index], True)
-                dws.append((p.index, dw))
+                dz, dgamma, dbeta = edge.op_backward(g, z.detach(), w_acc, p, stats[p.index],
+                                                     True, dW)
                 src = r if (p.relu_first and edge.share_relu) else xd
                 body_params = _body_params(p)
                 inputs = ([src] if src.requires_grad else []) + body_params
@@ -351,8 +376,7 @@ class _LowMemoryEdgeFunction(torch.autograd.Function):
             if dr is not None:
                 (d_relu,) = torch.autograd.grad(r, xd, dr)
                 dx = d_relu if dx is None else dx + d_relu
-        dW = _grads_for_weights(dws, weights, edge) if ctx.needs_input_grad[2] else None
-        return (None, dx, dW, *[grads[id(q)] for q in params])
+        return (None, dx, _as_weights_grad(dW, weights), *[grads[id(q)] for q in params])
 
 
 def mixed_forward(owner: nn.Module, x: torch.Tensor, weights: torch.Tensor,
@@ -369,9 +393,13 @@ def mixed_forward(owner: nn.Module, x: torch.Tensor, weights: torch.Tensor,
         x.requires_grad or weights.requires_grad or bool(params))
     if not wants_grad:
         with torch.no_grad():
-            return _forward_nograd(edge, x, _weights_acc(weights, x, edge.acc))[0]
+            out, stats = _forward_nograd(edge, x, _weights_acc(weights, x, edge.acc))
+        tape = recording_tape()  # the first pass of a recomputed block: keep the statistics
+        if tape is not None:
+            tape.record(owner, stats)
+        return out
     if is_recomputing():
-        return _forward_fast(edge, x, weights, segmented=False)
+        return _forward_fast(edge, x, weights, segmented=False, known=replayed_stats(owner))
     if memory == "fast":
         return _forward_fast(edge, x, weights)
     if memory == "low":

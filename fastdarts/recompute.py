@@ -11,7 +11,9 @@ numbers.
 returns the gradients of the arguments and of `module`'s parameters through autograd
 Function outputs (not by accumulating `.grad` inside backward), so `torch.autograd.grad`
 and DistributedDataParallel's reducer see them as usual. Mixed ops run inside a recompute
-keep their bodies' graphs (`fast`), since the cell as a whole keeps nothing.
+keep their bodies' graphs (`fast`), since the cell as a whole keeps nothing, and take the
+BN-tail statistics of their first pass from the block's `StatsTape` instead of reducing the
+recomputed op outputs again.
 
 `recompute_darts_cell` does the same for a DARTS cell with a node-by-node backward: it also
 keeps the cell's output (kept by the next cells anyway), takes the node states from it and
@@ -30,7 +32,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ["recompute", "recompute_darts_cell", "frozen_bn_stats", "is_recomputing",
            "listed_parameters", "module_uses_rng", "RngState", "AutocastState",
-           "enable_cell_recompute"]
+           "enable_cell_recompute", "StatsTape", "recording_tape", "replayed_stats"]
 
 _state = threading.local()
 
@@ -40,13 +42,54 @@ def is_recomputing() -> bool:
     return getattr(_state, "depth", 0) > 0
 
 
+class StatsTape:
+    """The BN-tail statistics each fused edge of a block computed in the block's first pass,
+    handed back to it in the recompute: the recomputed op outputs are the same tensors, so
+    their statistics need not be reduced again (one kernel call per op saved, and exactly
+    the statistics the forward output was normalised with). An edge run twice in one block
+    is not handed anything (its calls cannot be told apart)."""
+
+    def __init__(self):
+        self._entries: dict = {}
+
+    def record(self, owner: nn.Module, stats) -> None:
+        key = id(owner)
+        self._entries[key] = None if key in self._entries else (owner, stats)
+
+    def take(self, owner: nn.Module):
+        entry = self._entries.get(id(owner))
+        return entry[1] if entry is not None and entry[0] is owner else None
+
+
+def recording_tape() -> "StatsTape | None":
+    """The tape of the block whose first pass is running, if any (`fastdarts.mixed` records)."""
+    return getattr(_state, "recording", None)
+
+
+def replayed_stats(owner: nn.Module):
+    """The statistics `owner` recorded in the first pass of the block being recomputed."""
+    tape = getattr(_state, "replaying", None)
+    return None if tape is None else tape.take(owner)
+
+
 @contextlib.contextmanager
-def _recomputing():
+def _recording(tape: StatsTape):
+    previous, _state.recording = getattr(_state, "recording", None), tape
+    try:
+        yield
+    finally:
+        _state.recording = previous
+
+
+@contextlib.contextmanager
+def _recomputing(tape: "StatsTape | None" = None):
     _state.depth = getattr(_state, "depth", 0) + 1
+    previous, _state.replaying = getattr(_state, "replaying", None), tape
     try:
         yield
     finally:
         _state.depth -= 1
+        _state.replaying = previous
 
 
 @contextlib.contextmanager
@@ -123,7 +166,8 @@ class _RecomputeFunction(torch.autograd.Function):
         ctx.run, ctx.module, ctx.n_args = run, module, n_args
         ctx.rng = RngState.capture(args[0].device) if rng else None
         ctx.autocast = AutocastState(args[0].device.type)
-        with torch.no_grad():
+        ctx.tape = StatsTape()
+        with torch.no_grad(), _recording(ctx.tape):
             out = run(*args)
         ctx.save_for_backward(*args)
         return out
@@ -134,7 +178,7 @@ class _RecomputeFunction(torch.autograd.Function):
         n = ctx.n_args
         params = [p for p in listed_parameters(ctx.module) if p.requires_grad]
         need = ctx.needs_input_grad[4:]
-        with torch.enable_grad(), frozen_bn_stats(ctx.module), _recomputing(), \
+        with torch.enable_grad(), frozen_bn_stats(ctx.module), _recomputing(ctx.tape), \
                 RngState.restored(ctx.rng), ctx.autocast():
             detached = [a.detach().requires_grad_(need[i]) for i, a in enumerate(args)]
             out = ctx.run(*detached)
@@ -222,7 +266,8 @@ class _NodewiseCellFunction(torch.autograd.Function):
         ctx.cell = cell
         ctx.autocast = AutocastState(s0.device.type)
         ctx.has_edge_weights = edge_weights is not None
-        with torch.no_grad():
+        ctx.tape = StatsTape()
+        with torch.no_grad(), _recording(ctx.tape):
             out = cell._forward(s0, s1, weights, edge_weights)
         ctx.save_for_backward(s0, s1, weights, out,
                               *([edge_weights] if edge_weights is not None else []))
@@ -242,16 +287,20 @@ class _NodewiseCellFunction(torch.autograd.Function):
                 if gq is not None:
                     grads[id(q)] = gq if grads[id(q)] is None else grads[id(q)] + gq
 
-        with torch.enable_grad(), frozen_bn_stats(cell), _recomputing(), ctx.autocast():
+        with torch.enable_grad(), frozen_bn_stats(cell), _recomputing(ctx.tape), ctx.autocast():
             a0 = s0.detach().requires_grad_(need[1])
             a1 = s1.detach().requires_grad_(need[2])
             pre = [cell.preprocess0(a0), cell.preprocess1(a1)]
             w = weights.detach().requires_grad_(need[3])
             e = edge_weights[0].detach().requires_grad_(need[4]) if edge_weights else None
             arch = [t for t in (w, e) if t is not None and t.requires_grad]
-            nodes = out.detach().chunk(steps, dim=1)
+            # Node states and their gradients are channel slices of the cell's output: made
+            # dense once here, not once per edge that reads them.
+            fmt = _dense_format(out)
+            nodes = [t.contiguous(memory_format=fmt) for t in out.detach().chunk(steps, dim=1)]
             states = [t.detach().requires_grad_() for t in (*pre, *nodes)]
-            g_states: list = [None, None, *g.chunk(steps, dim=1)]
+            g_states: list = [None, None,
+                              *(t.contiguous(memory_format=fmt) for t in g.chunk(steps, dim=1))]
             g_arch: list = [None] * len(arch)
             offsets = [sum(2 + j for j in range(i)) for i in range(steps)]
             for i in reversed(range(steps)):
@@ -281,6 +330,11 @@ class _NodewiseCellFunction(torch.autograd.Function):
         g_w = next(g_arch_it) if w.requires_grad else None
         g_e = next(g_arch_it) if e is not None and e.requires_grad else None
         return (None, d0, d1, g_w, g_e, *[grads[id(p)] for p in params])
+
+
+def _dense_format(t: torch.Tensor):
+    return (torch.channels_last if not t.is_contiguous()
+            and t.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
 
 
 def recompute_darts_cell(cell: nn.Module, s0, s1, weights, edge_weights=None):

@@ -123,6 +123,35 @@ def _grad_reduce_kernel(G, Z, MeanP, RstdP, PartG, PartGX, C, S, R, rows_per_chu
 
 
 @triton.jit
+def _grad_reduce_finalize_kernel(PartG, PartGX, SumG, SumGX, GammaP, BetaP, DW, k, C, chunks,
+                                 HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr,
+                                 HAS_DW: tl.constexpr, BLOCK_C: tl.constexpr):
+    # Merges each channel's chunk partials in chunk order. With DW (one program) it also
+    # forms dw[k] = sum_c gamma_c * sum_gx_c + beta_c * sum_g_c.
+    pid = tl.program_id(0)
+    dw = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for c0 in range(pid * BLOCK_C, C, tl.num_programs(0) * BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
+        cmask = cols < C
+        sg = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        sgx = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        for q in range(0, chunks):
+            sg += tl.load(PartG + q * C + cols, mask=cmask, other=0.0)
+            sgx += tl.load(PartGX + q * C + cols, mask=cmask, other=0.0)
+        tl.store(SumG + cols, sg, mask=cmask)
+        tl.store(SumGX + cols, sgx, mask=cmask)
+        if HAS_DW:
+            term = sgx
+            if HAS_GAMMA:
+                term = term * tl.load(GammaP + cols, mask=cmask, other=0.0)
+            if HAS_BETA:
+                term += sg * tl.load(BetaP + cols, mask=cmask, other=0.0)
+            dw += tl.where(cmask, term, 0.0)
+    if HAS_DW:
+        tl.store(DW + k, tl.sum(dw, axis=0))
+
+
+@triton.jit
 def _accumulate_kernel(Z, Acc, W, k, MeanP, RstdP, GammaP, BetaP, C, inner_c, numel,
                        HAS_NORM: tl.constexpr, HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr,
                        INIT: tl.constexpr, BLOCK: tl.constexpr):
@@ -208,7 +237,7 @@ def bn_accumulate(acc, z, w, k, mean, rstd, gamma, beta, init):
         HAS_BETA=beta is not None, INIT=init, BLOCK=BLOCK)
 
 
-def bn_grad_reduce(g, z, mean, rstd):
+def bn_grad_reduce(g, z, mean, rstd, gamma=None, beta=None, dw=None, k=0):
     N, C, S, cl = _layout(z)
     R = N * S
     chunks = num_chunks(R)
@@ -219,7 +248,15 @@ def bn_grad_reduce(g, z, mean, rstd):
         g, z, dummy if mean is None else mean, dummy if rstd is None else rstd, part[0],
         part[1], C, S, R, rpc, HAS_NORM=mean is not None, CHANNELS_LAST=cl, BLOCK_R=BLOCK_R,
         BLOCK_C=BLOCK_C)
-    sums = part.sum(dim=1)  # fixed-order reduction over the chunks
+    sums = torch.empty((2, C), device=z.device, dtype=torch.float32)
+    has_dw = dw is not None
+    # One program when it also forms dw (a sum over all channels).
+    grid = (1,) if has_dw else (triton.cdiv(C, BLOCK_C),)
+    _grad_reduce_finalize_kernel[grid](
+        part[0], part[1], sums[0], sums[1], dummy if gamma is None else gamma,
+        dummy if beta is None else beta, dw if has_dw else dummy, k, C, chunks,
+        HAS_GAMMA=gamma is not None, HAS_BETA=beta is not None, HAS_DW=has_dw,
+        BLOCK_C=BLOCK_C)
     return sums[0], sums[1]
 
 

@@ -75,9 +75,17 @@ def bn_accumulate_ref(acc, z, w, k, mean, rstd, gamma, beta, init):
         acc.add_(val)
 
 
-def bn_grad_reduce_ref(g, z, mean, rstd):
+def bn_grad_reduce_ref(g, z, mean, rstd, gamma=None, beta=None, dw=None, k=0):
+    """-> (sum g, sum g * xhat) per channel; with `dw` also writes the mixing-weight gradient
+    dw[k] = sum_c gamma_c * sum_gx_c + beta_c * sum_g_c (gamma None: 1, beta None: 0)."""
     gf = g.to(acc_dtype(g.dtype))
-    return gf.sum(dim=(0, 2, 3)), (gf * _xhat(z, mean, rstd)).sum(dim=(0, 2, 3))
+    sum_g, sum_gx = gf.sum(dim=(0, 2, 3)), (gf * _xhat(z, mean, rstd)).sum(dim=(0, 2, 3))
+    if dw is not None:
+        total = (sum_gx if gamma is None else sum_gx * gamma).sum()
+        if beta is not None:
+            total = total + (sum_g * beta).sum()
+        dw[k] = total
+    return sum_g, sum_gx
 
 
 def bn_grad_input_ref(g, z, w, k, mean, rstd, gamma, sum_g, sum_gx, batch_stats):

@@ -69,6 +69,20 @@ def test_primitives_match_fp64_reference(backend, device, fmt, shape):
             sums_ref = bn_grad_reduce_ref(g, z, m, r)
             for name, a, b in zip(("sum_g", "sum_gx"), sums, sums_ref):
                 assert _rel(a, b) <= tol, f"{name} {dtype}"
+            # The mixing-weight gradient written in the same call, against the exact
+            # formula on the fp64 sums; the other entries of dw are left alone.
+            for gm, bt in ((gamma, beta), (gamma, None), (None, None)):
+                dw = torch.full((4,), 7.0, dtype=acc, device=device)
+                be.bn_grad_reduce(gg, zz, None if m is None else c(m),
+                                  None if r is None else c(r), None if gm is None else c(gm),
+                                  None if bt is None else c(bt), dw, 2)
+                sg_ref, sgx_ref = sums_ref
+                want = (sgx_ref * (1 if gm is None else gm)).sum() + (
+                    0 if bt is None else (sg_ref * bt).sum())
+                scale = sgx_ref.abs().sum() + (0 if bt is None else (sg_ref * bt).abs().sum())
+                assert abs(dw[2].item() - want.item()) <= tol * max(scale.item(), 1e-12), \
+                    f"dw gamma={gm is not None} beta={bt is not None} {dtype}"
+                assert dw[[0, 1, 3]].eq(7.0).all()
         sg, sgx = bn_grad_reduce_ref(g, z, mean, rstd)
         for batch in (True, False):
             for gm in (gamma, None):
@@ -102,8 +116,9 @@ def test_primitives_are_bitwise_repeatable(backend, device):
     runs = []
     for _ in range(2):
         mean, var, rstd = be.bn_stats(z, 1e-5)
-        sg, sgx = be.bn_grad_reduce(g, z, mean, rstd)
-        runs.append(torch.cat([mean, var, rstd, sg, sgx]))
+        dw = torch.zeros(3, device=device)
+        sg, sgx = be.bn_grad_reduce(g, z, mean, rstd, gamma.float(), beta.float(), dw, 1)
+        runs.append(torch.cat([mean, var, rstd, sg, sgx, dw]))
     assert torch.equal(runs[0], runs[1])
 
 
@@ -137,6 +152,12 @@ def test_binding_names_the_bad_argument():
         _ext.C.bn_stats(z, 1e-5, torch.zeros(3), torch.ones(3), torch.zeros(1))
     with pytest.raises(ValueError, match="argument 'momentum' must lie in"):
         _ext.C.bn_stats(z, 1e-5, torch.zeros(3), torch.ones(3), None, 1.5)
+    with pytest.raises(ValueError, match="argument 'k' must index dw"):
+        _ext.C.bn_grad_reduce(z, z, None, None, None, None, torch.zeros(2), 2)
+    with pytest.raises(ValueError, match="argument .dw. must be Float; got Double"):
+        _ext.C.bn_grad_reduce(z, z, None, None, None, None, torch.zeros(2).double(), 0)
+    with pytest.raises(ValueError, match="argument 'beta' must have shape"):
+        _ext.C.bn_grad_reduce(z, z, None, None, None, torch.zeros(4), torch.zeros(2), 0)
 
 
 @pytest.mark.parametrize("backend,device", backend_device_pairs())
