@@ -9,7 +9,9 @@ in the kernels of `fastdarts.backends`. Memory modes (DESIGN.md §3):
 * ``low``: the forward runs the bodies without a graph, one op at a time, and keeps only
   `x`, the weights and the BN statistics; the backward recomputes one body at a time.
   Inside a cell recomputed by `fastdarts.recompute` the edge runs as ``fast`` with every
-  body keeping its graph (the cell already keeps nothing, and the recompute is short-lived).
+  body keeping its graph (the cell already keeps nothing, and the recompute is short-lived)
+  and normalises with the tail statistics of the cell's first pass (`StatsTape`), which
+  are not reduced a second time.
 * ``fast``: the Function keeps each op's pre-BN output `z_k` (one activation instead of the
   reference's BN input, BN output and product input); conv bodies run as segments that keep
   only their inputs and recompute only cheap modules (ReLU, inner BN, depthwise convs;

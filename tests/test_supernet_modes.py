@@ -141,6 +141,19 @@ def test_low_keeps_only_cell_inputs():
     assert sizes["fast"] < sizes["reference"], sizes
 
 
+def test_nb201_low_keeps_a_fortieth_at_the_benchmark_size():
+    """NB201 (C=16, N=5, 32x32): `low` also recomputes the stem and the residual reduction
+    blocks, so what it keeps is the search cells' inputs: <= 1/40 of the reference (cells
+    recomputed alone, as torch.utils.checkpoint on every cell does, keep 1/38)."""
+    from benchmarks.memory_probe import saved_bytes
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    sizes = {}
+    for mode in ("reference", "low"):
+        torch.manual_seed(0)
+        sizes[mode] = saved_bytes(build_supernet("nb201", 10, C=16, layers=5, memory=mode), x, y)
+    assert sizes["low"] * 40 <= sizes["reference"], sizes
+
+
 def test_autocast_bf16_recomputes_in_the_forwards_precision():
     """Recompute (segments, node-wise cells) re-enters the forward's autocast: without it the
     recomputed convs would mix bf16 inputs with fp32 weights and fail. The result is as close

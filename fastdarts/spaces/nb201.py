@@ -162,11 +162,21 @@ class NB201Supernet(nn.Module):
         (w,) = self.mixing_weights() if weights is None else weights
         if self.aux_skip:
             w = with_aux_weight(w, self.aux_beta)
-        feature = self.stem(x)
+        feature = self._kept_input_only(self.stem, x)
         for cell in self.cells:
-            feature = cell(feature, w) if isinstance(cell, NB201SearchCell) else cell(feature)
+            if isinstance(cell, NB201SearchCell):
+                feature = cell(feature, w)  # recomputed by the cell itself in `low`
+            else:
+                feature = self._kept_input_only(cell, feature)
         out = self.global_pooling(self.lastact(feature))
         return self.classifier(out.flatten(1))
+
+    def _kept_input_only(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """`block(x)`; in `low` mode keeping only `x` (which the previous block's recompute
+        keeps anyway) and recomputed in backward with BN statistics updated once. For the
+        stem and the two residual reduction blocks, whose activations are about a quarter of
+        what the recomputed search cells leave."""
+        return recompute(block, block, x) if self.memory == "low" else block(x)
 
     def set_aux_beta(self, value: float) -> None:
         """DARTS-: the auxiliary skips' weight from now on (a buffer: saved, moved, no grad)."""
