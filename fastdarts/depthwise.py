@@ -18,8 +18,9 @@ from torch.autograd.function import once_differentiable
 from torch.nn.modules import module as _module
 
 from .backends import select_backend
+from .reference.depthwise_conv import depthwise_conv_bwd_ref
 
-__all__ = ["is_depthwise", "conv"]
+__all__ = ["is_depthwise", "conv", "backward", "hooked"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 
@@ -43,12 +44,20 @@ class _DepthwiseConvFunction(torch.autograd.Function):
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[:2]
-        dx, dw = select_backend(x).depthwise_conv_bwd(g, x, weight, *ctx.geometry, need_x,
-                                                      need_w)
+        dx, dw = backward(g, x, weight, *ctx.geometry, need_x, need_w)
         return dx, dw, None, None, None
 
 
-def _hooked(m: nn.Module) -> bool:
+def backward(g, x, weight, stride, padding, dilation, need_x: bool, need_w: bool):
+    """(dx, dweight) of `F.conv2d(x, weight, None, stride, padding, dilation, C)`: the
+    backend's kernel for fp32/fp64 on the CPU, PyTorch's convolution backward otherwise."""
+    if x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES and weight.dtype == x.dtype:
+        return select_backend(x).depthwise_conv_bwd(g, x, weight, stride, padding, dilation,
+                                                    need_x, need_w)
+    return depthwise_conv_bwd_ref(g, x, weight, stride, padding, dilation, need_x, need_w)
+
+
+def hooked(m: nn.Module) -> bool:
     """Whether a hook (the module's or a global one) would see `m`'s call."""
     return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
                 or m._backward_pre_hooks or _module._global_forward_hooks
@@ -61,6 +70,6 @@ def conv(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     w = m.weight
     if (x.device.type != "cpu" or x.dtype not in _KERNEL_DTYPES or w.dtype != x.dtype
             or not torch.is_grad_enabled() or not (x.requires_grad or w.requires_grad)
-            or _hooked(m) or torch.is_autocast_enabled("cpu")):
+            or hooked(m) or torch.is_autocast_enabled("cpu")):
         return m(x)
     return _DepthwiseConvFunction.apply(x, w, m.stride, m.padding, m.dilation)

@@ -79,6 +79,11 @@ class Segment:
         self.n_head_params = sum(1 for m in self.head_modules for _ in m.parameters())
         self._head = _chain(self.head_modules)
         self._head_after_relu = _chain(self.head_modules[1:])
+        # A head of ReLUs and depthwise convs only (ReLUConvBN, DilConv, SepConv's first
+        # half) is backpropagated by hand: two aten calls per module instead of a nested
+        # autograd pass, whose host cost is what a host-bound GPU step pays for.
+        self.simple_head = all(type(m) is nn.ReLU or depthwise.is_depthwise(m)
+                               for m in self.head_modules)
 
     def forward_from(self, x, r):
         a = self._head_after_relu(r) if (self.relu_first and r is not None) else self._head(x)
@@ -125,25 +130,15 @@ class _SegmentFunction(torch.autograd.Function):
         need_x = ctx.needs_input_grad[1]
         need_p = ctx.needs_input_grad[3:]
         n_head = seg.n_head_params
+        if (seg.simple_head and not ctx.autocast.enabled
+                and not any(depthwise.hooked(m) for m in seg.head_modules)):
+            return _simple_head_backward(seg, x, g, need_x, need_p)
         head_params = [q for q, need in zip(seg.params[:n_head], need_p) if need]
         with torch.enable_grad(), frozen_bn_stats(seg.modules), ctx.autocast():
             xd = x.detach().requires_grad_(need_x)
             a = seg.head(xd)
         grads = [None] * len(seg.params)
-        if seg.last is None:
-            ga = g
-        else:
-            conv = seg.last
-            a_in = a.detach()
-            w = conv.weight if conv.weight.dtype == a_in.dtype else conv.weight.to(a_in.dtype)
-            has_bias = conv.bias is not None
-            ga, gw, gb = torch.ops.aten.convolution_backward(
-                g.to(a_in.dtype), a_in, w.detach(), [conv.out_channels] if has_bias else None,
-                conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups,
-                [True, need_p[n_head], has_bias and need_p[n_head + 1]])
-            grads[n_head] = None if gw is None else gw.to(conv.weight.dtype)
-            if has_bias and gb is not None:
-                grads[n_head + 1] = gb.to(conv.bias.dtype)
+        ga = _last_conv_backward(seg, a.detach(), g, need_p, grads)
         inputs = ([xd] if need_x else []) + head_params
         dx = None
         if inputs and a.requires_grad:
@@ -155,6 +150,52 @@ class _SegmentFunction(torch.autograd.Function):
                 if need_p[i]:
                     grads[i] = next(it)
         return (None, dx, None, *grads)
+
+
+def _last_conv_backward(seg: Segment, a_in, g, need_p, grads):
+    """Backpropagate the segment's final full conv (if any) from its recomputed input `a_in`
+    without running it: its parameter gradients go into `grads`; -> gradient of `a_in`."""
+    if seg.last is None:
+        return g
+    conv, n_head = seg.last, seg.n_head_params
+    w = conv.weight if conv.weight.dtype == a_in.dtype else conv.weight.to(a_in.dtype)
+    has_bias = conv.bias is not None
+    ga, gw, gb = torch.ops.aten.convolution_backward(
+        g.to(a_in.dtype), a_in, w.detach(), [conv.out_channels] if has_bias else None,
+        conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups,
+        [True, need_p[n_head], has_bias and need_p[n_head + 1]])
+    grads[n_head] = None if gw is None else gw.to(conv.weight.dtype)
+    if has_bias and gb is not None:
+        grads[n_head + 1] = gb.to(conv.bias.dtype)
+    return ga
+
+
+def _simple_head_backward(seg: Segment, x, g, need_x: bool, need_p):
+    """`_SegmentFunction.backward` for a head of ReLUs and depthwise convs: the head is
+    recomputed without a graph, keeping each module's input, and backpropagated with the
+    same aten ops autograd would run (ReLU: `threshold_backward` on its output)."""
+    with torch.no_grad():
+        acts = [x.detach()]
+        for m in seg.head_modules:
+            a = acts[-1]
+            acts.append(torch.relu(a) if type(m) is nn.ReLU else
+                        F.conv2d(a, m.weight, None, m.stride, m.padding, m.dilation, m.groups))
+    grads = [None] * len(seg.params)
+    ga = _last_conv_backward(seg, acts[-1], g, need_p, grads)
+    index = seg.n_head_params  # one past the parameter slot of the module being handled
+    for i in reversed(range(len(seg.head_modules))):
+        m = seg.head_modules[i]
+        need_in = i > 0 or need_x
+        if type(m) is nn.ReLU:
+            ga = torch.ops.aten.threshold_backward(ga, acts[i + 1], 0) if need_in else None
+        else:
+            index -= 1
+            ga, gw = depthwise.backward(ga, acts[i], m.weight, m.stride, m.padding,
+                                        m.dilation, need_in, need_p[index])
+            grads[index] = gw
+        if ga is None:
+            break
+    return (None, ga if need_x else None, None, *grads)
 
 
 def run_segments(segments: Sequence[Segment], x: torch.Tensor,

@@ -112,3 +112,35 @@ def test_fast_keeps_at_most_half_of_the_original_edge(stride):
             op(x, w)
         kept[name] = sum(n for ptr, n in seen.items() if ptr not in params)
     assert kept["fast"] <= kept["reference"] / 2, kept
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("need_x", [True, False])
+def test_relu_depthwise_heads_backpropagated_by_hand_equal_autograd(fmt, need_x):
+    """Heads of ReLUs and depthwise convs (ReLUConvBN, DilConv, SepConv's first half) take
+    the hand-written backward: same gradients as the plain body, at stride 2, dilation 2,
+    5x5, odd sizes, with or without a gradient for the input."""
+    from fastdarts.ops.darts import ReLUConvBN
+    torch.manual_seed(0)
+    bodies = [SepConv(5, 7, 5, 2, 2, affine=True), DilConv(5, 7, 3, 2, 2, 2, affine=True),
+              ReLUConvBN(5, 7, 3, 2, 1, affine=True)]
+    for body in bodies:
+        body = body.double()
+        plan = plan_op(0, body)
+        assert plan.segments[0].simple_head
+        x = torch.randn(2, 5, 9, 7, dtype=torch.float64).contiguous(memory_format=fmt)
+        params = list(body.parameters())
+
+        def grads(run):
+            xr = x.clone().requires_grad_(need_x)
+            out = run(xr)
+            g = torch.randn(out.shape, dtype=torch.float64,
+                            generator=torch.Generator().manual_seed(3))
+            return torch.autograd.grad(out, ([xr] if need_x else []) + params, g,
+                                       allow_unused=True)
+
+        want = grads(lambda xr: plan.tail(plan.body(xr)))
+        got = grads(lambda xr: plan.tail(run_segments(plan.segments, xr,
+                                                      torch.relu(xr.detach()))))
+        for a, b in zip(want, got):
+            torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
