@@ -12,6 +12,7 @@ Modes: reference | checkpoint (torch.utils.checkpoint on every cell) | fast | lo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -94,10 +95,38 @@ _NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_st
 # our C++ kernel on the CPU and cuDNN's one convolution_backward on a GPU.
 _CUDA_LAUNCHES = {"bn_stats": 2, "bn_grad_reduce": 2, "hvp_sq_norm": 2,
                   "weighted_sum_bwd": 2}
-_KERNEL_CALLS = ("weighted_sum_fwd", "weighted_sum_bwd", "bn_stats", "bn_accumulate",
-                 "bn_grad_reduce", "bn_grad_input", "partial_combine_fwd",
-                 "partial_combine_bwd", "hvp_virtual_step", "hvp_sq_norm", "hvp_perturb",
-                 "hvp_combine", "depthwise_conv_bwd")
+
+
+@contextlib.contextmanager
+def kernel_calls(include_reference: bool = False):
+    """Counts every call of the backends' kernels (the `Backend` staticmethods) while the
+    block runs: yields {kernel name: calls}, filled as they happen; the backends are restored
+    on exit. Calls that the reference backend answers with aten ops are left out unless
+    `include_reference` (a dispatch mode counts those ops already)."""
+    from fastdarts.backends import BACKENDS, Backend
+
+    names = [n for n, v in vars(Backend).items() if isinstance(v, staticmethod)]
+    calls: dict[str, int] = {}
+    originals = {}
+    for cls in BACKENDS.values():
+        for name in names:
+            original = cls.__dict__.get(name)
+            if original is None:  # inherited: counted through the class that defines it
+                continue
+            originals[(cls, name)] = original
+            fn = original.__func__ if isinstance(original, staticmethod) else original
+            if not include_reference and fn is getattr(BACKENDS["reference"], name):
+                continue
+
+            def counted(*args, _fn=fn, _name=name, **kwargs):
+                calls[_name] = calls.get(_name, 0) + 1
+                return _fn(*args, **kwargs)
+            setattr(cls, name, staticmethod(counted))
+    try:
+        yield calls
+    finally:
+        for (cls, name), original in originals.items():
+            setattr(cls, name, original)
 
 
 def host_work(model, x, y) -> dict:
@@ -107,10 +136,8 @@ def host_work(model, x, y) -> dict:
     with the device launches they make on CUDA. Deterministic, so comparable across machines
     and loads, unlike CPU times here."""
     from torch.utils._python_dispatch import TorchDispatchMode
-    from fastdarts.backends import BACKENDS
 
     counts = {"aten_ops": 0, "aten_kernel_ops": 0}
-    calls: dict[str, int] = {}
 
     class Count(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -119,27 +146,8 @@ def host_work(model, x, y) -> dict:
                 counts["aten_kernel_ops"] += 1
             return func(*args, **(kwargs or {}))
 
-    originals = {}
-    for cls in BACKENDS.values():
-        for name in _KERNEL_CALLS:
-            original = cls.__dict__.get(name)
-            if original is None:  # inherited: counted through the class that defines it
-                continue
-            originals[(cls, name)] = original
-            fn = original.__func__ if isinstance(original, staticmethod) else original
-            if fn is getattr(BACKENDS["reference"], name):
-                continue  # runs aten ops, which the dispatch mode counts already
-
-            def counted(*args, _fn=fn, _name=name, **kwargs):
-                calls[_name] = calls.get(_name, 0) + 1
-                return _fn(*args, **kwargs)
-            setattr(cls, name, staticmethod(counted))
-    try:
-        with Count():
-            step(model, x, y)
-    finally:
-        for (cls, name), original in originals.items():
-            setattr(cls, name, original)
+    with kernel_calls() as calls, Count():
+        step(model, x, y)
     counts["fastdarts_calls"] = calls
     # On a GPU (CUDA backend): the aten kernels plus our launches. Measured on the CPU this
     # is an estimate: a CPU kernel's own aten helpers (the depthwise dx pads g) are counted

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.memory_probe import checkpointed
+from benchmarks.memory_probe import checkpointed, kernel_calls
 from fastdarts import recompute
 from fastdarts.spaces import build_supernet
 
@@ -175,20 +175,6 @@ def test_autocast_bf16_recomputes_in_the_forwards_precision():
     assert err["fast"] <= 2 * err["reference"] and err["low"] <= 2 * err["reference"], err
 
 
-def _count_bn_stats(monkeypatch):
-    """Counts every call of the backends' BN-statistics kernel."""
-    from fastdarts.backends import BACKENDS
-    calls = []
-    for cls in BACKENDS.values():
-        original = cls.bn_stats
-
-        def counted(*args, _original=original, **kwargs):
-            calls.append(1)
-            return _original(*args, **kwargs)
-        monkeypatch.setattr(cls, "bn_stats", staticmethod(counted))
-    return calls
-
-
 def _tail_ops(model):
     from fastdarts.mixed import FusedMixedOp
     from fastdarts.plans import plans_of
@@ -197,19 +183,19 @@ def _tail_ops(model):
 
 
 @pytest.mark.parametrize("space", ["darts", "nb201", "s4"])
-def test_low_reduces_each_tail_once_per_step(space, monkeypatch):
+def test_low_reduces_each_tail_once_per_step(space):
     """The cell recompute takes the BN-tail statistics of the forward pass from the block's
     StatsTape (node-wise DARTS cells, whole-cell NB201 and noisy S4 cells) instead of
     reducing the recomputed op outputs again: one statistics call per tail op and step."""
     torch.manual_seed(0)
     model = build_supernet(space, 5, C=4, layers=3 if space != "nb201" else 1, memory="low")
     x, y = torch.randn(2, 3, 8, 8), torch.tensor([0, 1])
-    calls = _count_bn_stats(monkeypatch)
-    _step(model, x, y)
-    assert len(calls) == _tail_ops(model) > 0
+    with kernel_calls(include_reference=True) as calls:
+        _step(model, x, y)
+    assert calls["bn_stats"] == _tail_ops(model) > 0
 
 
-def test_edge_run_twice_in_a_block_reduces_its_statistics_again(monkeypatch):
+def test_edge_run_twice_in_a_block_reduces_its_statistics_again():
     """A tape entry is only handed back when the edge ran once in the block: run twice, the
     two calls cannot be told apart, and the recompute reduces both again. Gradients equal
     the plain edge's either way."""
@@ -224,11 +210,11 @@ def test_edge_run_twice_in_a_block_reduces_its_statistics_again(monkeypatch):
 
     def twice(m):
         return lambda t, a: m(m(t, a), a)
-    calls = _count_bn_stats(monkeypatch)
-    out = recompute(edge, twice(edge), x, w)
-    got = torch.autograd.grad(out, [x, w, *edge.parameters()], g, allow_unused=True)
+    with kernel_calls(include_reference=True) as calls:
+        out = recompute(edge, twice(edge), x, w)
+        got = torch.autograd.grad(out, [x, w, *edge.parameters()], g, allow_unused=True)
     tails = _tail_ops(edge)
-    assert len(calls) == 2 * tails + 2 * tails  # forward twice, recompute twice
+    assert calls["bn_stats"] == 2 * tails + 2 * tails  # forward twice, recompute twice
     want_out = twice(plain)(x, w)
     want = torch.autograd.grad(want_out, [x, w, *plain.parameters()], g, allow_unused=True)
     assert torch.allclose(out, want_out, rtol=1e-10, atol=1e-12)
