@@ -369,7 +369,10 @@ def select_backend(*tensors: torch.Tensor, backend: str | None = None) -> type[B
     depends only on the request, the extension and the tensors' devices and dtypes, so it is
     made once per combination (it runs for every edge of every step)."""
     name = _requested(backend)
-    key = (name, id(_ext.C), *((t.device.type, t.dtype) for t in tensors))
+    if len(tensors) == 1:  # the common case, without a generator (this is per edge and step)
+        key = (name, id(_ext.C), tensors[0].device.type, tensors[0].dtype)
+    else:
+        key = (name, id(_ext.C), *((t.device.type, t.dtype) for t in tensors))
     cls = _selected.get(key)
     if cls is None:
         cls = _selected[key] = _select(name, tensors)

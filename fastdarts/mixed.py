@@ -34,7 +34,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .backends import select_backend
 from .ops.darts import OPS, POOL_OPS, PRIMITIVES
-from .plans import OpPlan, plans_of, run_segments
+from .plans import OpPlan, plans_of, segments_backward, segments_forward
 from .reference.mixed_op import acc_dtype, running_stats_update_ref
 from .recompute import (AutocastState, frozen_bn_stats, is_recomputing, recording_tape,
                         replayed_stats, RngState)
@@ -78,27 +78,27 @@ class TailStats:
 def _tail_stats(be, bn: _BatchNorm, z: torch.Tensor, acc) -> TailStats:
     """Statistics the BN tail normalises with; updates running statistics like nn.BatchNorm2d
     (not while a recompute has frozen them: `track_running_stats` is then off)."""
-    use_batch = bn.training or bn.running_mean is None
-    if not use_batch:
-        return TailStats(bn.running_mean.to(acc), torch.rsqrt(bn.running_var.to(acc) + bn.eps),
-                         False)
-    updates = bn.training and bn.track_running_stats and bn.running_mean is not None
-    if updates and bn.momentum is not None and _kernel_buffers(bn, acc):
+    # Buffers read from the dict: a module attribute lookup per buffer costs more host time
+    # than the statistics kernel at search sizes (this runs for every op of every edge).
+    buffers = bn._buffers
+    rm, rv = buffers.get("running_mean"), buffers.get("running_var")
+    if not (bn.training or rm is None):
+        return TailStats(rm.to(acc), torch.rsqrt(rv.to(acc) + bn.eps), False)
+    updates = bn.training and bn.track_running_stats and rm is not None
+    nbt = buffers.get("num_batches_tracked")
+    if updates and bn.momentum is not None and _kernel_buffers(rm, rv, nbt, acc):
         # The kernel updates the running statistics in the same pass (no extra launches).
-        mean, _, rstd = be.bn_stats(z, bn.eps, bn.running_mean, bn.running_var,
-                                    bn.num_batches_tracked, bn.momentum)
+        mean, _, rstd = be.bn_stats(z, bn.eps, rm, rv, nbt, bn.momentum)
         return TailStats(mean, rstd, True)
     mean, var, rstd = be.bn_stats(z, bn.eps)
     if updates:
-        running_stats_update_ref(bn.running_mean, bn.running_var, bn.num_batches_tracked,
-                                 mean, var, z.numel() // z.shape[1], bn.momentum)
+        running_stats_update_ref(rm, rv, nbt, mean, var, z.numel() // z.shape[1], bn.momentum)
     return TailStats(mean, rstd, True)
 
 
-def _kernel_buffers(bn: _BatchNorm, acc) -> bool:
+def _kernel_buffers(rm, rv, nbt, acc) -> bool:
     """The BN's running buffers can be updated by the stats kernel (accumulation dtype,
     contiguous, an int64 counter)."""
-    rm, rv, nbt = bn.running_mean, bn.running_var, bn.num_batches_tracked
     return (rm.dtype == acc and rv.dtype == acc and rm.is_contiguous() and rv.is_contiguous()
             and nbt is not None and nbt.dtype == torch.int64 and nbt.numel() == 1)
 
@@ -110,15 +110,18 @@ def _affine(bn: Optional[_BatchNorm], acc):
 
 
 def _static_layout(owner: nn.Module):
-    """(plans, active plans, share the leading ReLU, draws random numbers) of an edge, cached
-    with its plans: worked out once, not on every call."""
+    """(plans, active plans, share the leading ReLU, draws random numbers, (segmented
+    bodies, their parameters)) of an edge, cached with its plans: worked out once, not on
+    every call."""
     plans = plans_of(owner)
     skipped = owner.__dict__.get("skipped_ops", ())
     cached = owner.__dict__.get("_fastdarts_layout")
     if cached is None or cached[0] is not plans or cached[1] != skipped:
         active = [p for p in plans if p.kind != "zero" and p.index not in skipped]
+        inside = tuple(p for p in active if p.kind == "body" and p.segments is not None)
+        inside_params = tuple(q for p in inside for seg in p.segments for q in seg.params)
         layout = (plans, active, any(p.relu_first for p in active),
-                  any(p.uses_rng for p in active))
+                  any(p.uses_rng for p in active), (inside, inside_params))
         cached = owner.__dict__["_fastdarts_layout"] = (plans, skipped, layout)
     return cached[2]
 
@@ -127,20 +130,17 @@ class _Edge:
     """Per-call context: the plans, the backend, layout and dtypes of one edge."""
 
     def __init__(self, owner: nn.Module, x: torch.Tensor, backend: Optional[str]):
-        self.plans, self.active, self.share_relu, self.uses_rng = _static_layout(owner)
+        (self.plans, self.active, self.share_relu, self.uses_rng,
+         self.inside) = _static_layout(owner)
         self.K = len(self.plans)
         self.fmt = _format_of(x)
         self.acc = acc_dtype(x.dtype)
         self.be = select_backend(x, backend=backend)
         self.owner = owner
 
-    def body_output(self, p: OpPlan, x, r, r_plain=None):
-        """z_k. With `r_plain` (relu(x) without a graph) segmented bodies run as segments,
-        which keep only their inputs; otherwise every body keeps its own graph."""
-        if r_plain is not None and p.segments is not None:
-            z = run_segments(p.segments, x, r_plain)
-        else:
-            z = p.rest(r) if (p.relu_first and self.share_relu) else p.body(x)
+    def body_output(self, p: OpPlan, x, r):
+        """z_k with its graph (`r`: relu(x) shared by the relu-first bodies, or None)."""
+        z = p.rest(r) if (p.relu_first and r is not None) else p.body(x)
         return _as(z, self.fmt)
 
     def accumulate(self, acc_buf, z, w, p: OpPlan, stats: Optional[TailStats]):
@@ -261,40 +261,85 @@ def _body_params(p: OpPlan) -> list[nn.Parameter]:
 
 
 # --------------------------------------------------------------------------------------
-# memory="fast": bodies keep their graph; this Function folds tails and the sum.
+# memory="fast": one Function per edge folds the tails and the sum, and runs the segmented
+# bodies itself; other bodies keep their graph and come in as their outputs.
 
-class _FusedTailFunction(torch.autograd.Function):
+class _FusedEdgeFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, edge: _Edge, x, weights, known, *zs_and_affine):
-        n_bodies = sum(p.kind == "body" for p in edge.active)
-        zs = zs_and_affine[:n_bodies]
+    def forward(ctx, edge: _Edge, x, weights, known, inside, n_given, n_inside_params,
+                *tensors):
+        # tensors: the outputs of the bodies run outside (in edge.active order), the
+        # parameters of the `inside` bodies' segments, the tails' affine parameters.
+        given = iter(tensors[:n_given])
+        r = F.relu(x) if any(p.relu_first and edge.share_relu for p in inside) else None
+        zs, kept = {}, []
+        for p in inside:
+            z, k = segments_forward(p.segments, x, r if p.relu_first else None)
+            zs[p.index] = _as(z, edge.fmt)
+            kept.append(k)
+        del r
+        ordered = [zs[p.index] if p.index in zs else next(given)
+                   for p in edge.active if p.kind == "body"]
         w_acc = _weights_acc(weights, x, edge.acc)
-        zi = iter(zs)
+        zi = iter(ordered)
         out, stats = _accumulate_edge(edge, x, w_acc, lambda p: next(zi), known)
-        ctx.edge, ctx.stats = edge, stats
-        ctx.save_for_backward(x, weights, w_acc, *zs)
+        ctx.edge, ctx.stats, ctx.inside = edge, stats, inside
+        ctx.n_given, ctx.n_inside_params = n_given, n_inside_params
+        ctx.n_kept = [len(k) for k in kept]
+        ctx.autocast = AutocastState(x.device.type)
+        ctx.save_for_backward(x, weights, w_acc, *ordered, *(t for k in kept for t in k))
         return out
 
     @staticmethod
     def backward(ctx, g):
-        edge, stats = ctx.edge, ctx.stats
-        x, weights, w_acc, *zs = ctx.saved_tensors
+        edge, stats, inside = ctx.edge, ctx.stats, ctx.inside
+        x, weights, w_acc, *rest = ctx.saved_tensors
+        n_bodies = len(rest) - sum(ctx.n_kept)
+        zs, flat_kept = rest[:n_bodies], iter(rest[n_bodies:])
+        kept = {p.index: [next(flat_kept) for _ in range(n)]
+                for p, n in zip(inside, ctx.n_kept)}
+        needs = ctx.needs_input_grad
+        need_x = needs[1]
+        need_given = iter(needs[7:7 + ctx.n_given])
+        need_params = needs[7 + ctx.n_given:7 + ctx.n_given + ctx.n_inside_params]
         g = _as(g, edge.fmt)
-        dx = None
-        dzs, daff = [], []
-        dW = edge.new_weight_grads(x, ctx.needs_input_grad[2])
+        dx = dr = r = None
+        d_given, d_inside, daff = [], [], []
+        dW = edge.new_weight_grads(x, needs[2])
         zi = iter(zs)
+        offset = 0
         for p in edge.active:
             if p.kind == "identity":
-                dx = _add(dx, _identity_backward(edge, g, x, w_acc, p, ctx.needs_input_grad[1],
-                                                 dW))
+                dx = _add(dx, _identity_backward(edge, g, x, w_acc, p, need_x, dW))
                 continue
             z = next(zi)
-            dz, dgamma, dbeta = edge.op_backward(g, z, w_acc, p, stats[p.index], True, dW)
-            dzs.append(dz)
+            if p.index in kept:
+                n = sum(len(seg.params) for seg in p.segments)
+                need_p = need_params[offset:offset + n]
+                offset += n
+                need_dz = need_x or any(need_p)
+            else:
+                need_dz = next(need_given)
+            dz, dgamma, dbeta = edge.op_backward(g, z, w_acc, p, stats[p.index], need_dz, dW)
+            if p.index in kept:
+                shared = p.relu_first and edge.share_relu
+                if shared and r is None:
+                    r = F.relu(x)
+                grads = [None] * len(need_p)
+                if dz is not None:
+                    d_x, d_r, grads = segments_backward(p.segments, x, kept[p.index], dz,
+                                                        need_x, need_p, ctx.autocast,
+                                                        r if shared else None)
+                    dx, dr = _add(dx, d_x), _add(dr, d_r)
+                d_inside += grads
+            else:
+                d_given.append(dz)
             if p.tail is not None and p.tail.affine:
                 daff += [dgamma.to(p.tail.weight.dtype), dbeta.to(p.tail.bias.dtype)]
-        return (None, dx, _as_weights_grad(dW, weights), None, *dzs, *daff)
+        if dr is not None:  # the shared ReLU, backpropagated once for all the ops that read it
+            dx = _add(dx, torch.ops.aten.threshold_backward(dr, r, 0))
+        return (None, dx, _as_weights_grad(dW, weights), None, None, None, None,
+                *d_given, *d_inside, *daff)
 
 
 def _forward_fast(edge: _Edge, x, weights, segmented: bool = True, known=None):
@@ -302,23 +347,18 @@ def _forward_fast(edge: _Edge, x, weights, segmented: bool = True, known=None):
     its graph, which avoids recomputing the segments a second time. `known`: the tail
     statistics of the recomputed block's first pass (`_accumulate_edge`)."""
     x = _as(x, edge.fmt)
-    r = r_plain = None
-    if edge.share_relu:
-        # Segments take relu(x) for their forward only (they keep x); the ReLU keeps a graph
-        # only for the relu-first ops that run unsegmented (FactorizedReduce).
-        if not segmented or any(p.relu_first and p.segments is None for p in edge.active):
-            r = F.relu(x)
-            r_plain = r.detach()
-        else:
-            with torch.no_grad():
-                r_plain = F.relu(x)
-    zs = [edge.body_output(p, x, r, r_plain if segmented else None)
-          for p in edge.active if p.kind == "body"]
+    inside, inside_params = edge.inside if segmented else ((), ())
+    outside = [p for p in edge.active if p.kind == "body" and p.segments is None] \
+        if segmented else [p for p in edge.active if p.kind == "body"]
+    # The ReLU keeps a graph only for relu-first bodies run outside (FactorizedReduce).
+    r = F.relu(x) if edge.share_relu and any(p.relu_first for p in outside) else None
+    given = [edge.body_output(p, x, r) for p in outside]
     affine = []
     for p in edge.active:
         if p.kind == "body" and p.tail is not None and p.tail.affine:
             affine += [p.tail.weight, p.tail.bias]
-    return _FusedTailFunction.apply(edge, x, weights, known, *zs, *affine)
+    return _FusedEdgeFunction.apply(edge, x, weights, known, inside, len(given),
+                                    len(inside_params), *given, *inside_params, *affine)
 
 
 # --------------------------------------------------------------------------------------

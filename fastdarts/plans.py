@@ -25,7 +25,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from . import depthwise
 from .recompute import AutocastState, cache_generation, frozen_bn_stats, module_uses_rng
 
-__all__ = ["OpPlan", "Segment", "plan_op", "plan_ops", "plans_of", "run_segments"]
+__all__ = ["OpPlan", "Segment", "plan_op", "plan_ops", "plans_of", "run_segments",
+           "segments_forward", "segments_backward"]
 
 
 def _depthwise_call(m: nn.Conv2d) -> Callable:
@@ -114,42 +115,78 @@ def _segments_of(seq: Sequence[nn.Module]) -> Optional[list[Segment]]:
     return segments
 
 
-class _SegmentFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, seg: Segment, x, r, *params):
-        # r: relu(x) computed once by the edge (detached), used by the forward only.
-        ctx.seg = seg
-        ctx.autocast = AutocastState(x.device.type)
-        ctx.save_for_backward(x)
-        return seg.forward_from(x, r)
+def segments_forward(segments: Sequence[Segment], x: torch.Tensor,
+                     r: Optional[torch.Tensor]) -> tuple[torch.Tensor, list]:
+    """A segmented body on `x` without a graph (`r` = relu(x) or None, see
+    `Segment.forward_from`) -> (its output, the input of every segment after the first:
+    what its backward keeps besides `x`)."""
+    kept = []
+    a = segments[0].forward_from(x, r)
+    for seg in segments[1:]:
+        kept.append(a)
+        a = seg.forward_from(a, None)
+    return a, kept
 
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        seg = ctx.seg
-        need_x = ctx.needs_input_grad[1]
-        need_p = ctx.needs_input_grad[3:]
-        n_head = seg.n_head_params
-        if (seg.simple_head and not ctx.autocast.enabled
-                and not any(depthwise.hooked(m) for m in seg.head_modules)):
-            return _simple_head_backward(seg, x, g, need_x, need_p)
-        head_params = [q for q, need in zip(seg.params[:n_head], need_p) if need]
-        with torch.enable_grad(), frozen_bn_stats(seg.modules), ctx.autocast():
-            xd = x.detach().requires_grad_(need_x)
-            a = seg.head(xd)
-        grads = [None] * len(seg.params)
-        ga = _last_conv_backward(seg, a.detach(), g, need_p, grads)
-        inputs = ([xd] if need_x else []) + head_params
-        dx = None
-        if inputs and a.requires_grad:
-            got = list(torch.autograd.grad(a, inputs, ga, allow_unused=True))
-            if need_x:
-                dx = got.pop(0)
-            it = iter(got)
-            for i in range(n_head):
-                if need_p[i]:
-                    grads[i] = next(it)
-        return (None, dx, None, *grads)
+
+def segments_backward(segments: Sequence[Segment], x, kept, g, need_x: bool, need_p,
+                      autocast: AutocastState, r: Optional[torch.Tensor] = None):
+    """Backward of `segments_forward` from the gradient `g` of its output.
+
+    need_p: per parameter of the segments (in order), whether its gradient is wanted.
+    r: relu(x), shared by the edge; given when the forward started from it, the first
+    segment is backpropagated from `r` (its leading ReLU skipped) and the gradient of `r`
+    is returned instead of that of `x`.
+    -> (dx or None, dr or None, a gradient or None per parameter)."""
+    grads: list = [None] * len(need_p)
+    ends = []
+    end = 0
+    for seg in segments:
+        end += len(seg.params)
+        ends.append(end)
+    d_in = None
+    for i in reversed(range(len(segments))):
+        seg = segments[i]
+        lo = ends[i] - len(seg.params)
+        after_relu = i == 0 and r is not None and seg.relu_first
+        need_in = need_x if i == 0 else (need_x or any(need_p[:lo]))
+        a0 = (r if after_relu else x) if i == 0 else kept[i - 1]
+        d_in, grads[lo:ends[i]] = _segment_backward(seg, a0, g, need_in, need_p[lo:ends[i]],
+                                                    autocast, after_relu)
+        if d_in is None:
+            break
+        g = d_in
+    if r is not None and segments[0].relu_first:
+        return None, d_in, grads
+    return d_in, None, grads
+
+
+def _segment_backward(seg: Segment, a0, g, need_in: bool, need_p, autocast: AutocastState,
+                      after_relu: bool):
+    """One segment: its cheap head recomputed from its input `a0` (`relu(input)` when
+    `after_relu`: the head's leading ReLU is then skipped), its final conv backpropagated
+    without running it. -> (gradient of a0 or None, a gradient or None per parameter)."""
+    modules = seg.head_modules[1:] if after_relu else seg.head_modules
+    if (seg.simple_head and not autocast.enabled
+            and not any(depthwise.hooked(m) for m in modules)):
+        return _simple_head_backward(seg, modules, a0, g, need_in, need_p)
+    n_head = seg.n_head_params
+    head_params = [q for q, need in zip(seg.params[:n_head], need_p) if need]
+    with torch.enable_grad(), frozen_bn_stats(seg.modules), autocast():
+        ad = a0.detach().requires_grad_(need_in)
+        a = (seg._head_after_relu if after_relu else seg._head)(ad)
+    grads = [None] * len(seg.params)
+    ga = _last_conv_backward(seg, a.detach(), g, need_p, grads)
+    inputs = ([ad] if need_in else []) + head_params
+    d_in = None
+    if inputs and a.requires_grad:
+        got = list(torch.autograd.grad(a, inputs, ga, allow_unused=True))
+        if need_in:
+            d_in = got.pop(0)
+        it = iter(got)
+        for i in range(n_head):
+            if need_p[i]:
+                grads[i] = next(it)
+    return d_in, grads
 
 
 def _last_conv_backward(seg: Segment, a_in, g, need_p, grads):
@@ -170,40 +207,58 @@ def _last_conv_backward(seg: Segment, a_in, g, need_p, grads):
     return ga
 
 
-def _simple_head_backward(seg: Segment, x, g, need_x: bool, need_p):
-    """`_SegmentFunction.backward` for a head of ReLUs and depthwise convs: the head is
-    recomputed without a graph, keeping each module's input, and backpropagated with the
-    same aten ops autograd would run (ReLU: `threshold_backward` on its output)."""
+def _simple_head_backward(seg: Segment, modules, a0, g, need_in: bool, need_p):
+    """`_segment_backward` for a head of ReLUs and depthwise convs: recomputed without a
+    graph, keeping each module's input, and backpropagated with the aten ops autograd would
+    run (ReLU: `threshold_backward` on its output)."""
     with torch.no_grad():
-        acts = [x.detach()]
-        for m in seg.head_modules:
+        acts = [a0.detach()]
+        for m in modules:
             a = acts[-1]
             acts.append(torch.relu(a) if type(m) is nn.ReLU else
                         F.conv2d(a, m.weight, None, m.stride, m.padding, m.dilation, m.groups))
     grads = [None] * len(seg.params)
     ga = _last_conv_backward(seg, acts[-1], g, need_p, grads)
     index = seg.n_head_params  # one past the parameter slot of the module being handled
-    for i in reversed(range(len(seg.head_modules))):
-        m = seg.head_modules[i]
-        need_in = i > 0 or need_x
+    for i in reversed(range(len(modules))):
+        m = modules[i]
+        need = i > 0 or need_in
         if type(m) is nn.ReLU:
-            ga = torch.ops.aten.threshold_backward(ga, acts[i + 1], 0) if need_in else None
+            ga = torch.ops.aten.threshold_backward(ga, acts[i + 1], 0) if need else None
         else:
             index -= 1
             ga, gw = depthwise.backward(ga, acts[i], m.weight, m.stride, m.padding,
-                                        m.dilation, need_in, need_p[index])
+                                        m.dilation, need, need_p[index])
             grads[index] = gw
         if ga is None:
             break
-    return (None, ga if need_x else None, None, *grads)
+    return (ga if need_in else None), grads
 
 
-def run_segments(segments: Sequence[Segment], x: torch.Tensor,
-                 r: Optional[torch.Tensor]) -> torch.Tensor:
-    """A segmented body on `x` (`r` = relu(x), detached, or None)."""
-    for i, seg in enumerate(segments):
-        x = _SegmentFunction.apply(seg, x, r if i == 0 else None, *seg.params)
-    return x
+class _SegmentedBodyFunction(torch.autograd.Function):
+    """One segmented body as its own autograd node (the fused edge runs its segmented bodies
+    inside its own Function instead, `fastdarts.mixed`)."""
+
+    @staticmethod
+    def forward(ctx, segments, x, *params):
+        ctx.segments = segments
+        ctx.autocast = AutocastState(x.device.type)
+        z, kept = segments_forward(segments, x, None)
+        ctx.save_for_backward(x, *kept)
+        return z
+
+    @staticmethod
+    def backward(ctx, g):
+        x, *kept = ctx.saved_tensors
+        dx, _, grads = segments_backward(ctx.segments, x, kept, g, ctx.needs_input_grad[1],
+                                         ctx.needs_input_grad[2:], ctx.autocast)
+        return (None, dx, *grads)
+
+
+def run_segments(segments: Sequence[Segment], x: torch.Tensor) -> torch.Tensor:
+    """A segmented body on `x`, keeping only its segments' inputs for backward."""
+    return _SegmentedBodyFunction.apply(tuple(segments), x,
+                                        *(q for seg in segments for q in seg.params))
 
 
 # --------------------------------------------------------------------------------------
@@ -293,9 +348,12 @@ def plan_ops(ops: nn.ModuleList) -> list[OpPlan]:
 
 def plans_of(owner: nn.Module) -> list[OpPlan]:
     """Cached plans of `owner._ops`, rebuilt if the op modules changed (replicas, edits)."""
-    key = (cache_generation(), *(id(m) for m in owner._ops))
+    ops = owner._modules.get("_ops")
+    if ops is None:  # not a registered child (a plain attribute): the slow lookup
+        ops = owner._ops
+    key = (cache_generation(), tuple(map(id, ops._modules.values())))
     cached = owner.__dict__.get("_fastdarts_plans")
     if cached is None or cached[0] != key:
-        cached = (key, plan_ops(owner._ops))
+        cached = (key, plan_ops(ops))
         owner.__dict__["_fastdarts_plans"] = cached
     return cached[1]
