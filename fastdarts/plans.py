@@ -80,10 +80,10 @@ class Segment:
         self.n_head_params = sum(1 for m in self.head_modules for _ in m.parameters())
         self._head = _chain(self.head_modules)
         self._head_after_relu = _chain(self.head_modules[1:])
-        # A head of ReLUs and depthwise convs only (ReLUConvBN, DilConv, SepConv's first
-        # half) is backpropagated by hand: two aten calls per module instead of a nested
-        # autograd pass, whose host cost is what a host-bound GPU step pays for.
-        self.simple_head = all(type(m) is nn.ReLU or depthwise.is_depthwise(m)
+        # A head of ReLUs, depthwise convs and BatchNorms (every head of the DARTS and
+        # NB201 ops) is backpropagated by hand: two aten calls per module instead of a
+        # nested autograd pass, whose host cost is what a host-bound GPU step pays for.
+        self.simple_head = all(type(m) in (nn.ReLU, nn.BatchNorm2d) or depthwise.is_depthwise(m)
                                for m in self.head_modules)
 
     def forward_from(self, x, r):
@@ -207,24 +207,53 @@ def _last_conv_backward(seg: Segment, a_in, g, need_p, grads):
     return ga
 
 
+def _bn_train(m: nn.BatchNorm2d) -> bool:
+    return m.training or m.running_mean is None
+
+
 def _simple_head_backward(seg: Segment, modules, a0, g, need_in: bool, need_p):
-    """`_segment_backward` for a head of ReLUs and depthwise convs: recomputed without a
-    graph, keeping each module's input, and backpropagated with the aten ops autograd would
-    run (ReLU: `threshold_backward` on its output)."""
+    """`_segment_backward` for a head of ReLUs, depthwise convs and BatchNorms: recomputed
+    without a graph, keeping what each module's backward reads, and backpropagated with
+    the aten ops autograd would run (ReLU: `threshold_backward` on its output; BN: its batch
+    statistics, running ones left alone as in any recompute)."""
     with torch.no_grad():
-        acts = [a0.detach()]
-        for m in modules:
+        acts, saved = [a0.detach()], [None] * len(modules)
+        for i, m in enumerate(modules):
             a = acts[-1]
-            acts.append(torch.relu(a) if type(m) is nn.ReLU else
-                        F.conv2d(a, m.weight, None, m.stride, m.padding, m.dilation, m.groups))
+            if type(m) is nn.ReLU:
+                a = torch.relu(a)
+            elif type(m) is nn.BatchNorm2d:
+                train = _bn_train(m)
+                a, mean, invstd = torch.ops.aten.native_batch_norm(
+                    a, m.weight, m.bias, None if train else m.running_mean,
+                    None if train else m.running_var, train, 0.0, m.eps)
+                saved[i] = (mean, invstd, train)
+            else:
+                a = F.conv2d(a, m.weight, None, m.stride, m.padding, m.dilation, m.groups)
+            acts.append(a)
     grads = [None] * len(seg.params)
     ga = _last_conv_backward(seg, acts[-1], g, need_p, grads)
-    index = seg.n_head_params  # one past the parameter slot of the module being handled
+    index = seg.n_head_params  # one past the parameter slots of the module being handled
     for i in reversed(range(len(modules))):
         m = modules[i]
         need = i > 0 or need_in
         if type(m) is nn.ReLU:
             ga = torch.ops.aten.threshold_backward(ga, acts[i + 1], 0) if need else None
+        elif type(m) is nn.BatchNorm2d:
+            mean, invstd, train = saved[i]
+            n_p = 2 if m.weight is not None else 0
+            index -= n_p
+            need_w = n_p > 0 and need_p[index]
+            need_b = n_p > 0 and need_p[index + 1]
+            if need or need_w or need_b:
+                ga, gw, gb = torch.ops.aten.native_batch_norm_backward(
+                    ga, acts[i], m.weight, None if train else m.running_mean,
+                    None if train else m.running_var, mean, invstd, train, m.eps,
+                    [need, need_w, need_b])
+                if n_p:
+                    grads[index], grads[index + 1] = gw, gb
+            else:
+                ga = None
         else:
             index -= 1
             ga, gw = depthwise.backward(ga, acts[i], m.weight, m.stride, m.padding,

@@ -116,18 +116,27 @@ def test_fast_keeps_at_most_half_of_the_original_edge(stride):
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("need_x", [True, False])
-def test_relu_depthwise_heads_backpropagated_by_hand_equal_autograd(fmt, need_x):
-    """Heads of ReLUs and depthwise convs (ReLUConvBN, DilConv, SepConv's first half) take
-    the hand-written backward: same gradients as the plain body, at stride 2, dilation 2,
-    5x5, odd sizes, with or without a gradient for the input."""
+@pytest.mark.parametrize("training", [True, False])
+def test_simple_heads_backpropagated_by_hand_equal_autograd(fmt, need_x, training):
+    """Heads of ReLUs, depthwise convs and BatchNorms (every segment of ReLUConvBN, DilConv
+    and SepConv) take the hand-written backward: same gradients as the plain body, at
+    stride 2, dilation 2, 5x5, odd sizes, affine inner BN in train and eval mode, with or
+    without a gradient for the input; the inner BN's running statistics are updated by the
+    forward only."""
     from fastdarts.ops.darts import ReLUConvBN
     torch.manual_seed(0)
     bodies = [SepConv(5, 7, 5, 2, 2, affine=True), DilConv(5, 7, 3, 2, 2, 2, affine=True),
               ReLUConvBN(5, 7, 3, 2, 1, affine=True)]
     for body in bodies:
-        body = body.double()
+        body = body.double().train(training)
+        for m in body.modules():
+            if isinstance(m, nn.BatchNorm2d):  # non-trivial statistics and affine
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.data.uniform_(0.5, 1.5)
+                m.bias.data.uniform_(-0.5, 0.5)
         plan = plan_op(0, body)
-        assert plan.segments[0].simple_head
+        assert all(seg.simple_head for seg in plan.segments)
         x = torch.randn(2, 5, 9, 7, dtype=torch.float64).contiguous(memory_format=fmt)
         params = list(body.parameters())
 
@@ -140,6 +149,13 @@ def test_relu_depthwise_heads_backpropagated_by_hand_equal_autograd(fmt, need_x)
                                        allow_unused=True)
 
         want = grads(lambda xr: plan.tail(plan.body(xr)))
+        buffers = [b.clone() for b in body.buffers()]
         got = grads(lambda xr: plan.tail(run_segments(plan.segments, xr)))
         for a, b in zip(want, got):
             torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+        if not training:
+            for a, b in zip(buffers, body.buffers()):
+                assert torch.equal(a, b)
+        else:  # one update by each of the two forwards above, none by the backward
+            assert all(int(m.num_batches_tracked) == 2 for m in body.modules()
+                       if isinstance(m, nn.BatchNorm2d))
