@@ -37,7 +37,7 @@ from .ops.darts import OPS, POOL_OPS, PRIMITIVES
 from .plans import OpPlan, plans_of, segments_backward, segments_forward
 from .reference.mixed_op import acc_dtype, running_stats_update_ref
 from .recompute import (AutocastState, frozen_bn_stats, is_recomputing, recording_tape,
-                        replayed_stats, RngState)
+                        replayed_stats, RngState, values_unread)
 
 __all__ = ["MixedOp", "FusedMixedOp", "MEMORY_MODES", "mixed_forward"]
 
@@ -206,11 +206,13 @@ def _reusable(st: Optional[TailStats], bn: _BatchNorm) -> bool:
     return st is not None and st.batch and (bn.training or bn.running_mean is None)
 
 
-def _accumulate_edge(edge: _Edge, x, w_acc, z_of: Callable, known=None):
+def _accumulate_edge(edge: _Edge, x, w_acc, z_of: Callable, known=None, values=True):
     """`sum_k w_k * tail_k(z_k)` one op at a time, `z_of(plan)` giving each body output;
     `known`: per-op statistics from the first pass of a recomputed block, used instead of
-    reducing z_k again. -> (out, tail statistics per op)."""
-    acc_buf, stats, out_dtype = None, [None] * edge.K, x.dtype
+    reducing z_k again. `values=False`: the output's value will never be read (see
+    `fastdarts.recompute.values_unread`): only the statistics are formed and the output is
+    left unwritten. -> (out, tail statistics per op)."""
+    acc_buf, stats, out_dtype, shape = None, [None] * edge.K, x.dtype, None
     for p in edge.active:
         if p.kind == "identity":
             z, st = x, None
@@ -223,9 +225,15 @@ def _accumulate_edge(edge: _Edge, x, w_acc, z_of: Callable, known=None):
                     st = _tail_stats(edge.be, p.tail, z, edge.acc)
             if z.dtype != out_dtype:  # (a dispatcher call each time otherwise)
                 out_dtype = torch.promote_types(out_dtype, z.dtype)
-        acc_buf = edge.accumulate(acc_buf, z, w_acc, p, st)
+        if values:
+            acc_buf = edge.accumulate(acc_buf, z, w_acc, p, st)
+        elif shape is None:
+            shape = z.shape
         stats[p.index] = st
         del z
+    if shape is not None:
+        return torch.empty(shape, device=x.device, dtype=out_dtype,
+                           memory_format=edge.fmt), stats
     return edge.finish(acc_buf, x, out_dtype), stats
 
 
@@ -264,13 +272,28 @@ def _body_params(p: OpPlan) -> list[nn.Parameter]:
 # memory="fast": one Function per edge folds the tails and the sum, and runs the segmented
 # bodies itself; other bodies keep their graph and come in as their outputs.
 
+@dataclass(frozen=True)
+class _FusedCall:
+    """How `_FusedEdgeFunction` runs: `inside`, the segmented bodies it runs itself, with
+    `n_inside_params` parameters; `n_given` body outputs computed outside; `known` tail
+    statistics of a recomputed block's first pass; `values`, whether the output is read."""
+    inside: tuple
+    n_inside_params: int
+    n_given: int
+    known: Optional[list] = None
+    values: bool = True
+
+
+_TENSORS = 4  # index of the first of `*tensors` among `_FusedEdgeFunction.forward`'s inputs
+
+
 class _FusedEdgeFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, edge: _Edge, x, weights, known, inside, n_given, n_inside_params,
-                *tensors):
+    def forward(ctx, edge: _Edge, call: _FusedCall, x, weights, *tensors):
         # tensors: the outputs of the bodies run outside (in edge.active order), the
         # parameters of the `inside` bodies' segments, the tails' affine parameters.
-        given = iter(tensors[:n_given])
+        inside = call.inside
+        given = iter(tensors[:call.n_given])
         r = F.relu(x) if any(p.relu_first and edge.share_relu for p in inside) else None
         zs, kept = {}, []
         for p in inside:
@@ -282,9 +305,9 @@ class _FusedEdgeFunction(torch.autograd.Function):
                    for p in edge.active if p.kind == "body"]
         w_acc = _weights_acc(weights, x, edge.acc)
         zi = iter(ordered)
-        out, stats = _accumulate_edge(edge, x, w_acc, lambda p: next(zi), known)
-        ctx.edge, ctx.stats, ctx.inside = edge, stats, inside
-        ctx.n_given, ctx.n_inside_params = n_given, n_inside_params
+        out, stats = _accumulate_edge(edge, x, w_acc, lambda p: next(zi), call.known,
+                                      call.values)
+        ctx.edge, ctx.stats, ctx.call = edge, stats, call
         ctx.n_kept = [len(k) for k in kept]
         ctx.autocast = AutocastState(x.device.type)
         ctx.save_for_backward(x, weights, w_acc, *ordered, *(t for k in kept for t in k))
@@ -292,20 +315,22 @@ class _FusedEdgeFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        edge, stats, inside = ctx.edge, ctx.stats, ctx.inside
+        edge, stats, call = ctx.edge, ctx.stats, ctx.call
+        inside = call.inside
         x, weights, w_acc, *rest = ctx.saved_tensors
         n_bodies = len(rest) - sum(ctx.n_kept)
         zs, flat_kept = rest[:n_bodies], iter(rest[n_bodies:])
         kept = {p.index: [next(flat_kept) for _ in range(n)]
                 for p, n in zip(inside, ctx.n_kept)}
         needs = ctx.needs_input_grad
-        need_x = needs[1]
-        need_given = iter(needs[7:7 + ctx.n_given])
-        need_params = needs[7 + ctx.n_given:7 + ctx.n_given + ctx.n_inside_params]
+        need_x = needs[2]
+        first = _TENSORS + call.n_given
+        need_given = iter(needs[_TENSORS:first])
+        need_params = needs[first:first + call.n_inside_params]
         g = _as(g, edge.fmt)
         dx = dr = r = None
         d_given, d_inside, daff = [], [], []
-        dW = edge.new_weight_grads(x, needs[2])
+        dW = edge.new_weight_grads(x, needs[3])
         zi = iter(zs)
         offset = 0
         for p in edge.active:
@@ -338,14 +363,15 @@ class _FusedEdgeFunction(torch.autograd.Function):
                 daff += [dgamma.to(p.tail.weight.dtype), dbeta.to(p.tail.bias.dtype)]
         if dr is not None:  # the shared ReLU, backpropagated once for all the ops that read it
             dx = _add(dx, torch.ops.aten.threshold_backward(dr, r, 0))
-        return (None, dx, _as_weights_grad(dW, weights), None, None, None, None,
-                *d_given, *d_inside, *daff)
+        return (None, None, dx, _as_weights_grad(dW, weights), *d_given, *d_inside, *daff)
 
 
-def _forward_fast(edge: _Edge, x, weights, segmented: bool = True, known=None):
+def _forward_fast(edge: _Edge, x, weights, segmented: bool = True, known=None,
+                  values: bool = True):
     """`segmented=False` (inside a recompute, which keeps little anyway): every body keeps
     its graph, which avoids recomputing the segments a second time. `known`: the tail
-    statistics of the recomputed block's first pass (`_accumulate_edge`)."""
+    statistics of the recomputed block's first pass; `values`: whether the output's value
+    is read (`_accumulate_edge`)."""
     x = _as(x, edge.fmt)
     inside, inside_params = edge.inside if segmented else ((), ())
     outside = [p for p in edge.active if p.kind == "body" and p.segments is None] \
@@ -357,8 +383,8 @@ def _forward_fast(edge: _Edge, x, weights, segmented: bool = True, known=None):
     for p in edge.active:
         if p.kind == "body" and p.tail is not None and p.tail.affine:
             affine += [p.tail.weight, p.tail.bias]
-    return _FusedEdgeFunction.apply(edge, x, weights, known, inside, len(given),
-                                    len(inside_params), *given, *inside_params, *affine)
+    call = _FusedCall(inside, len(inside_params), len(given), known, values)
+    return _FusedEdgeFunction.apply(edge, call, x, weights, *given, *inside_params, *affine)
 
 
 # --------------------------------------------------------------------------------------
@@ -441,7 +467,8 @@ def mixed_forward(owner: nn.Module, x: torch.Tensor, weights: torch.Tensor,
             tape.record(owner, stats)
         return out
     if is_recomputing():
-        return _forward_fast(edge, x, weights, segmented=False, known=replayed_stats(owner))
+        return _forward_fast(edge, x, weights, segmented=False, known=replayed_stats(owner),
+                             values=not values_unread())
     if memory == "fast":
         return _forward_fast(edge, x, weights)
     if memory == "low":

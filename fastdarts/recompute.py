@@ -32,7 +32,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ["recompute", "recompute_darts_cell", "frozen_bn_stats", "is_recomputing",
            "listed_parameters", "module_uses_rng", "RngState", "AutocastState",
-           "enable_cell_recompute", "StatsTape", "recording_tape", "replayed_stats"]
+           "enable_cell_recompute", "StatsTape", "recording_tape", "replayed_stats",
+           "values_unread"]
 
 _state = threading.local()
 
@@ -70,6 +71,23 @@ def replayed_stats(owner: nn.Module):
     """The statistics `owner` recorded in the first pass of the block being recomputed."""
     tape = getattr(_state, "replaying", None)
     return None if tape is None else tape.take(owner)
+
+
+def values_unread() -> bool:
+    """True while a node-wise replay (`recompute_darts_cell`) builds a node that is a plain
+    sum of its edges: the edges' output values are then never read (the backward of a sum
+    passes the gradient through), only their graphs are, so a fused edge can skip forming
+    them (`fastdarts.mixed`)."""
+    return getattr(_state, "values_unread", False)
+
+
+@contextlib.contextmanager
+def _values_unread(on: bool):
+    previous, _state.values_unread = getattr(_state, "values_unread", False), on
+    try:
+        yield
+    finally:
+        _state.values_unread = previous
 
 
 @contextlib.contextmanager
@@ -303,10 +321,14 @@ class _NodewiseCellFunction(torch.autograd.Function):
                               *(t.contiguous(memory_format=fmt) for t in g.chunk(steps, dim=1))]
             g_arch: list = [None] * len(arch)
             offsets = [sum(2 + j for j in range(i)) for i in range(steps)]
+            # The node is only backpropagated: if it is a plain sum of its edges, nothing
+            # reads their output values (`values_unread`).
+            sums = getattr(cell, "_node_sums_edges", lambda _: False)(e)
             for i in reversed(range(steps)):
                 n, off = 2 + i, offsets[i]
                 edges = [cell._ops[off + j] for j in range(n)]
-                node = cell._node(i, states[:n], w, e)
+                with _values_unread(sums):
+                    node = cell._node(i, states[:n], w, e)
                 eparams = [q for ed in edges for q in listed_parameters(ed) if q.requires_grad]
                 ins = states[:n] + arch + eparams
                 got = list(torch.autograd.grad(node, ins, g_states[2 + i], allow_unused=True))
@@ -343,7 +365,8 @@ def recompute_darts_cell(cell: nn.Module, s0, s1, weights, edge_weights=None):
     `preprocess0/1`, `_ops` in node order, `_steps == _multiplier`,
     `_forward(s0, s1, weights, edge_weights)` and `_node(i, states, weights, edge_weights)`
     (node i from its input states; PC-DARTS's edge normalisation scales each edge by its
-    entry of `edge_weights`). Cells that draw random numbers (S4 noise) use the whole-cell
+    entry of `edge_weights`) and optionally `_node_sums_edges(edge_weights)` (True when
+    `_node` is a plain sum of its edges' outputs, whose values the replay then skips). Cells that draw random numbers (S4 noise) use the whole-cell
     `recompute`, whose replay needs the forward order.
     """
     if cell._multiplier != cell._steps or _uses_rng(cell):

@@ -195,6 +195,35 @@ def test_low_reduces_each_tail_once_per_step(space):
     assert calls["bn_stats"] == _tail_ops(model) > 0
 
 
+def _active_ops(model):
+    from fastdarts.mixed import FusedMixedOp
+    from fastdarts.plans import plans_of
+    return sum(1 for m in model.modules() if isinstance(m, FusedMixedOp)
+               for p in plans_of(m) if p.kind != "zero")
+
+
+@pytest.mark.parametrize("space,forms", [("darts", 1), ("s3", 1), ("nb201", 2), ("s4", 2)])
+def test_node_wise_replay_skips_the_edge_outputs_it_never_reads(space, forms):
+    """A node-wise replay of a DARTS cell (`recompute_darts_cell`) builds each node only to
+    backpropagate it; its nodes are plain sums of their edges, so the edges' output values
+    are not formed again: one weighted-sum call per op and step. Whole-cell replays (NB201;
+    S4, whose noise ops make its cells replay in forward order) read the node values they
+    recompute and form them twice. Every gradient equals the reference's (`test_step_equal_in_all_modes`
+    on the same models)."""
+    torch.manual_seed(0)
+    model = build_supernet(space, 5, C=4, layers=3 if space != "nb201" else 1, memory="low")
+    ref = copy.deepcopy(model)
+    _set_memory(ref, "reference")
+    x, y = torch.randn(2, 3, 8, 8), torch.tensor([0, 1])
+    with kernel_calls(include_reference=True) as calls:
+        got = _step(model, x, y)
+    want = _step(ref, x, y)
+    assert calls["bn_accumulate"] == forms * _active_ops(model) > 0
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(got[1], want[1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_edge_run_twice_in_a_block_reduces_its_statistics_again():
     """A tape entry is only handed back when the edge ran once in the block: run twice, the
     two calls cannot be told apart, and the recompute reduces both again. Gradients equal

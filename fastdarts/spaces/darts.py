@@ -145,6 +145,10 @@ class Cell(nn.Module):
             return recompute_darts_cell(self, s0, s1, weights, edge_weights)
         return self._forward(s0, s1, weights, edge_weights)
 
+    def _node_sums_edges(self, edge_weights) -> bool:
+        """Whether `_node` is a plain sum of its edges (`recompute_darts_cell`)."""
+        return edge_weights is None and not isinstance(self._ops[0], PartialMixedOp)
+
     def _node(self, i: int, states, weights, edge_weights=None):
         """Node i from the states before it: sum over its incoming edges."""
         first = NODE_EDGES[i][0]
