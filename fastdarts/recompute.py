@@ -33,7 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 __all__ = ["recompute", "recompute_darts_cell", "frozen_bn_stats", "is_recomputing",
            "listed_parameters", "module_uses_rng", "RngState", "AutocastState",
            "enable_cell_recompute", "StatsTape", "recording_tape", "replayed_stats",
-           "values_unread"]
+           "values_unread", "summed_into_output"]
 
 _state = threading.local()
 
@@ -82,6 +82,16 @@ def values_unread() -> bool:
 
 
 @contextlib.contextmanager
+def summed_into_output(block: nn.Module, on: bool = True):
+    """Marks, in `block`'s forward, edges whose outputs are summed straight into the block's
+    output. A replay of `block` (`recompute`) only backpropagates that output, so it never
+    reads their values (`values_unread`). Anywhere else (no replay, or `block` run inside
+    the replay of an enclosing module, which reads its output) this does nothing."""
+    with _values_unread(on and getattr(_state, "replayed", None) is block):
+        yield
+
+
+@contextlib.contextmanager
 def _values_unread(on: bool):
     previous, _state.values_unread = getattr(_state, "values_unread", False), on
     try:
@@ -100,14 +110,15 @@ def _recording(tape: StatsTape):
 
 
 @contextlib.contextmanager
-def _recomputing(tape: "StatsTape | None" = None):
+def _recomputing(tape: "StatsTape | None" = None, block: "nn.Module | None" = None):
     _state.depth = getattr(_state, "depth", 0) + 1
-    previous, _state.replaying = getattr(_state, "replaying", None), tape
+    previous = getattr(_state, "replaying", None), getattr(_state, "replayed", None)
+    _state.replaying, _state.replayed = tape, block
     try:
         yield
     finally:
         _state.depth -= 1
-        _state.replaying = previous
+        _state.replaying, _state.replayed = previous
 
 
 @contextlib.contextmanager
@@ -196,7 +207,8 @@ class _RecomputeFunction(torch.autograd.Function):
         n = ctx.n_args
         params = [p for p in listed_parameters(ctx.module) if p.requires_grad]
         need = ctx.needs_input_grad[4:]
-        with torch.enable_grad(), frozen_bn_stats(ctx.module), _recomputing(ctx.tape), \
+        with torch.enable_grad(), frozen_bn_stats(ctx.module), \
+                _recomputing(ctx.tape, ctx.module), \
                 RngState.restored(ctx.rng), ctx.autocast():
             detached = [a.detach().requires_grad_(need[i]) for i, a in enumerate(args)]
             out = ctx.run(*detached)

@@ -195,21 +195,29 @@ def test_low_reduces_each_tail_once_per_step(space):
     assert calls["bn_stats"] == _tail_ops(model) > 0
 
 
-def _active_ops(model):
+def _active_ops(modules):
     from fastdarts.mixed import FusedMixedOp
     from fastdarts.plans import plans_of
-    return sum(1 for m in model.modules() if isinstance(m, FusedMixedOp)
+    return sum(1 for m in modules if isinstance(m, FusedMixedOp)
                for p in plans_of(m) if p.kind != "zero")
 
 
-@pytest.mark.parametrize("space,forms", [("darts", 1), ("s3", 1), ("nb201", 2), ("s4", 2)])
-def test_node_wise_replay_skips_the_edge_outputs_it_never_reads(space, forms):
-    """A node-wise replay of a DARTS cell (`recompute_darts_cell`) builds each node only to
-    backpropagate it; its nodes are plain sums of their edges, so the edges' output values
-    are not formed again: one weighted-sum call per op and step. Whole-cell replays (NB201;
-    S4, whose noise ops make its cells replay in forward order) read the node values they
-    recompute and form them twice. Every gradient equals the reference's (`test_step_equal_in_all_modes`
-    on the same models)."""
+def _output_node_ops(model):
+    """Active ops on the edges of NB201 cells' last node (the cell output)."""
+    from fastdarts.spaces.nb201 import NB201SearchCell
+    return sum(_active_ops(cell.edges[key].modules()) for cell in model.modules()
+               if isinstance(cell, NB201SearchCell) for key in cell.edge_keys
+               if key.startswith(f"{cell.max_nodes - 1}<-"))
+
+
+@pytest.mark.parametrize("space", ["darts", "s3", "nb201", "s4"])
+def test_replays_skip_the_edge_outputs_they_never_read(space):
+    """A replay only backpropagates what it rebuilds, so edge outputs that are only summed
+    into what it backpropagates are not formed again: every node of a node-wise DARTS cell
+    (`recompute_darts_cell`) and the last node of a whole-cell NB201 replay. The other
+    edges' values are read by later edges and formed twice (NB201's inner nodes; S4, whose
+    noise ops make its cells replay whole, in forward order). Gradients equal the
+    reference's."""
     torch.manual_seed(0)
     model = build_supernet(space, 5, C=4, layers=3 if space != "nb201" else 1, memory="low")
     ref = copy.deepcopy(model)
@@ -218,10 +226,39 @@ def test_node_wise_replay_skips_the_edge_outputs_it_never_reads(space, forms):
     with kernel_calls(include_reference=True) as calls:
         got = _step(model, x, y)
     want = _step(ref, x, y)
-    assert calls["bn_accumulate"] == forms * _active_ops(model) > 0
+    active = _active_ops(model.modules())
+    replayed = {"darts": 0, "s3": 0, "nb201": active - _output_node_ops(model),
+                "s4": active}[space]
+    assert 0 < _output_node_ops(model) < active or space != "nb201"
+    assert calls["bn_accumulate"] == active + replayed
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
     for a, b in zip(got[1], want[1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_cell_replayed_inside_an_enclosing_replay_forms_its_output():
+    """`summed_into_output` applies to the replay of the cell itself only: replayed as part
+    of an enclosing block, the cell's output is read by what follows it there."""
+    from fastdarts.ops.nb201 import PRIMITIVES
+    from fastdarts.spaces.nb201 import NB201SearchCell
+    torch.manual_seed(0)
+    cells = torch.nn.Sequential(*(NB201SearchCell(4, 4, PRIMITIVES, False, True, memory="low")
+                                  for _ in range(2))).double()
+    plain = copy.deepcopy(cells)
+    _set_memory(plain, "reference")
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.softmax(torch.randn(6, 5, dtype=torch.float64), -1).requires_grad_()
+
+    def run(seq):
+        return lambda t, a: seq[1](seq[0](t, a), a)
+    out = recompute(cells, run(cells), x, w)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, w, *cells.parameters()], g)
+    want_out = run(plain)(x, w)
+    want = torch.autograd.grad(want_out, [x, w, *plain.parameters()], g)
+    torch.testing.assert_close(out, want_out, rtol=1e-10, atol=1e-12)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
 def test_edge_run_twice_in_a_block_reduces_its_statistics_again():

@@ -16,7 +16,7 @@ from ..genotypes import NB201Genotype, derive_nb201_genotype
 from ..mixed import FusedMixedOp, check_memory
 from ..ops.nb201 import OPS, PRIMITIVES, ResNetBasicblock
 from ..partial import PartialMixedOp, _check_partition, partial_node
-from ..recompute import recompute
+from ..recompute import recompute, summed_into_output
 from .darts import set_aux_beta, with_aux_weight
 
 __all__ = ["NB201MixedOp", "NB201SearchCell", "NB201Supernet", "edge_keys"]
@@ -84,8 +84,9 @@ class NB201SearchCell(nn.Module):
             if self.partial:  # the node's edges through one fused combine
                 nodes.append(partial_node([self.edges[k] for k in keys], nodes[:i], rows))
                 continue
-            for key, j, w in zip(keys, range(i), rows):
-                terms.append(self.edges[key](nodes[j], w))
+            with summed_into_output(self, i == self.max_nodes - 1):  # the output node
+                for key, j, w in zip(keys, range(i), rows):
+                    terms.append(self.edges[key](nodes[j], w))
             nodes.append(sum(terms))
         return nodes[-1]
 
