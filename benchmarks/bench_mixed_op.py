@@ -39,11 +39,11 @@ AB_ROUNDS = int(os.environ.get("FASTDARTS_BENCH_AB_ROUNDS", "20" if DEVICE == "c
 SUPERNETS = {"darts": dict(C=16, layers=8), "nb201": dict(C=16, layers=5)}
 
 
-def _inputs():
+def _inputs(batch: int = BATCH, size: int = 32):
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(BATCH, 3, 32, 32, generator=g).to(DEVICE).contiguous(
+    x = torch.randn(batch, 3, size, size, generator=g).to(DEVICE).contiguous(
         memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (BATCH,), generator=g).to(DEVICE)
+    y = torch.randint(0, 10, (batch,), generator=g).to(DEVICE)
     return x, y
 
 
@@ -75,25 +75,32 @@ def _timed_step(model, x, y) -> float:
     return time.perf_counter() - t0
 
 
-@functools.lru_cache(maxsize=None)
-def interleaved_ratios(space: str) -> dict:
-    """mode -> median over rounds of (its step time / the reference's in the same round)."""
+def interleaved(space: str, modes=MODES, batch: int = BATCH, size: int = 32,
+                rounds: int = AB_ROUNDS) -> dict:
+    """mode -> median over rounds of (its step time / the reference's in the same round),
+    with every mode built side by side and run once per round in rotating order; "steal":
+    the CPU share the hypervisor took meanwhile."""
     cfg = SUPERNETS[space]
     models = {m: build(space, m, cfg["C"], cfg["layers"], torch.device(DEVICE), True)
-              for m in MODES}
-    x, y = _inputs()
+              for m in modes}
+    x, y = _inputs(batch, size)
     for model in models.values():  # warm-up
         step(model, x, y)
-    ratios = {m: [] for m in MODES}
+    ratios = {m: [] for m in modes}
     ticks = _cpu_ticks()
-    for r in range(AB_ROUNDS):
-        order = MODES[r % len(MODES):] + MODES[:r % len(MODES)]
+    for r in range(rounds):
+        order = modes[r % len(modes):] + modes[:r % len(modes)]
         times = {m: _timed_step(models[m], x, y) for m in order}
-        for m in MODES:
+        for m in modes:
             ratios[m].append(times[m] / times["reference"])
     out = {m: statistics.median(v) for m, v in ratios.items()}
     out["steal"] = steal_fraction(ticks, _cpu_ticks())
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def interleaved_ratios(space: str) -> dict:
+    return interleaved(space)
 
 
 def _probe(space, mode):
@@ -155,3 +162,17 @@ def test_supernet_step(benchmark, space, mode):
                 probe_steps=probe["steps_run"], host_work=probe["host_work"])
     if DEVICE == "cuda":
         info["energy_mJ_per_step"], info["power_W"] = _energy_mj(run)
+
+
+def host_bound_proxy(rounds: int = 15) -> dict:
+    """The step where compute is small and the host's work decides, as at the GPU sizes of
+    this benchmark: batch 1, 8x8 images, one CPU thread; interleaved ratios of `fast` and
+    `low` to the reference (`interleaved`)."""
+    torch.set_num_threads(1)
+    return {space: interleaved(space, ("reference", "fast", "low"), batch=1, size=8,
+                               rounds=rounds) for space in SUPERNETS}
+
+
+if __name__ == "__main__":
+    # python -m benchmarks.bench_mixed_op [ROUNDS]: the host-bound proxy, as JSON
+    print(json.dumps(host_bound_proxy(*(int(a) for a in sys.argv[1:2])), indent=1))
