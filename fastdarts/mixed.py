@@ -294,7 +294,7 @@ class _FusedEdgeFunction(torch.autograd.Function):
         # parameters of the `inside` bodies' segments, the tails' affine parameters.
         inside = call.inside
         given = iter(tensors[:call.n_given])
-        r = F.relu(x) if any(p.relu_first and edge.share_relu for p in inside) else None
+        r = F.relu(x) if any(p.relu_first for p in inside) else None  # shared by them
         zs, kept = {}, []
         for p in inside:
             z, k = segments_forward(p.segments, x, r if p.relu_first else None)
@@ -347,14 +347,13 @@ class _FusedEdgeFunction(torch.autograd.Function):
                 need_dz = next(need_given)
             dz, dgamma, dbeta = edge.op_backward(g, z, w_acc, p, stats[p.index], need_dz, dW)
             if p.index in kept:
-                shared = p.relu_first and edge.share_relu
-                if shared and r is None:
+                if p.relu_first and r is None:
                     r = F.relu(x)
                 grads = [None] * len(need_p)
                 if dz is not None:
                     d_x, d_r, grads = segments_backward(p.segments, x, kept[p.index], dz,
                                                         need_x, need_p, ctx.autocast,
-                                                        r if shared else None)
+                                                        r if p.relu_first else None)
                     dx, dr = _add(dx, d_x), _add(dr, d_r)
                 d_inside += grads
             else:
@@ -374,10 +373,11 @@ def _forward_fast(edge: _Edge, x, weights, segmented: bool = True, known=None,
     is read (`_accumulate_edge`)."""
     x = _as(x, edge.fmt)
     inside, inside_params = edge.inside if segmented else ((), ())
-    outside = [p for p in edge.active if p.kind == "body" and p.segments is None] \
-        if segmented else [p for p in edge.active if p.kind == "body"]
-    # The ReLU keeps a graph only for relu-first bodies run outside (FactorizedReduce).
-    r = F.relu(x) if edge.share_relu and any(p.relu_first for p in outside) else None
+    outside = [p for p in edge.active
+               if p.kind == "body" and not (segmented and p.segments is not None)]
+    # The shared ReLU keeps a graph only for relu-first bodies run outside (FactorizedReduce,
+    # or every conv body in a recompute).
+    r = F.relu(x) if any(p.relu_first for p in outside) else None
     given = [edge.body_output(p, x, r) for p in outside]
     affine = []
     for p in edge.active:

@@ -25,8 +25,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from . import depthwise
 from .recompute import AutocastState, cache_generation, frozen_bn_stats, module_uses_rng
 
-__all__ = ["OpPlan", "Segment", "plan_op", "plan_ops", "plans_of", "run_segments",
-           "segments_forward", "segments_backward"]
+__all__ = ["OpPlan", "Segment", "plan_op", "plan_ops", "plans_of", "segments_forward",
+           "segments_backward"]
 
 
 def _depthwise_call(m: nn.Conv2d) -> Callable:
@@ -262,32 +262,6 @@ def _simple_head_backward(seg: Segment, modules, a0, g, need_in: bool, need_p):
         if ga is None:
             break
     return (ga if need_in else None), grads
-
-
-class _SegmentedBodyFunction(torch.autograd.Function):
-    """One segmented body as its own autograd node (the fused edge runs its segmented bodies
-    inside its own Function instead, `fastdarts.mixed`)."""
-
-    @staticmethod
-    def forward(ctx, segments, x, *params):
-        ctx.segments = segments
-        ctx.autocast = AutocastState(x.device.type)
-        z, kept = segments_forward(segments, x, None)
-        ctx.save_for_backward(x, *kept)
-        return z
-
-    @staticmethod
-    def backward(ctx, g):
-        x, *kept = ctx.saved_tensors
-        dx, _, grads = segments_backward(ctx.segments, x, kept, g, ctx.needs_input_grad[1],
-                                         ctx.needs_input_grad[2:], ctx.autocast)
-        return (None, dx, *grads)
-
-
-def run_segments(segments: Sequence[Segment], x: torch.Tensor) -> torch.Tensor:
-    """A segmented body on `x`, keeping only its segments' inputs for backward."""
-    return _SegmentedBodyFunction.apply(tuple(segments), x,
-                                        *(q for seg in segments for q in seg.params))
 
 
 # --------------------------------------------------------------------------------------

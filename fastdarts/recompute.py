@@ -74,10 +74,11 @@ def replayed_stats(owner: nn.Module):
 
 
 def values_unread() -> bool:
-    """True while a node-wise replay (`recompute_darts_cell`) builds a node that is a plain
-    sum of its edges: the edges' output values are then never read (the backward of a sum
-    passes the gradient through), only their graphs are, so a fused edge can skip forming
-    them (`fastdarts.mixed`)."""
+    """True while a replay builds edges whose outputs are only summed into what it
+    backpropagates: a node of a node-wise replay (`recompute_darts_cell`) that is a plain
+    sum of its edges, or edges marked `summed_into_output` in the replayed block. Their
+    output values are never read (the backward of a sum passes the gradient through), only
+    their graphs are, so a fused edge skips forming them (`fastdarts.mixed`)."""
     return getattr(_state, "values_unread", False)
 
 
@@ -378,8 +379,9 @@ def recompute_darts_cell(cell: nn.Module, s0, s1, weights, edge_weights=None):
     `_forward(s0, s1, weights, edge_weights)` and `_node(i, states, weights, edge_weights)`
     (node i from its input states; PC-DARTS's edge normalisation scales each edge by its
     entry of `edge_weights`) and optionally `_node_sums_edges(edge_weights)` (True when
-    `_node` is a plain sum of its edges' outputs, whose values the replay then skips). Cells that draw random numbers (S4 noise) use the whole-cell
-    `recompute`, whose replay needs the forward order.
+    `_node` is a plain sum of its edges' outputs, whose values the replay then skips).
+    Cells that draw random numbers (S4 noise) use the whole-cell `recompute`, whose replay
+    needs the forward order.
     """
     if cell._multiplier != cell._steps or _uses_rng(cell):
         return recompute(cell, cell._forward, s0, s1, weights, edge_weights)

@@ -5,9 +5,17 @@ import pytest
 import torch
 from torch import nn
 
-from fastdarts.mixed import MixedOp
+from fastdarts.mixed import FusedMixedOp, MixedOp
 from fastdarts.ops.darts import DilConv, FactorizedReduce, SepConv
-from fastdarts.plans import plan_op, run_segments
+from fastdarts.plans import plan_op
+
+
+def _fused_fast(body):
+    """`body` as the only op of a `fast` fused edge (mixing weight 1): the edge runs its
+    segments itself and folds its final BN."""
+    edge = FusedMixedOp(nn.ModuleList([body]), memory="fast")
+    one = torch.ones(1, dtype=next(body.parameters()).dtype)
+    return lambda x: edge(x, one)
 
 
 def _kinds(seg):
@@ -35,7 +43,8 @@ def test_segments_cut_after_each_full_conv():
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
 def test_segment_gradients_equal_the_plain_body(fmt):
-    """Biased, strided, dilated and grouped convs; training-mode inner BN with affine."""
+    """A body run as segments by a `fast` fused edge: biased, strided, dilated and grouped
+    convs; training-mode inner BN with affine; a head that takes the autograd path."""
     torch.manual_seed(0)
     body = nn.Sequential(
         nn.ReLU(), nn.Conv2d(6, 6, 3, stride=2, padding=2, dilation=2, groups=6, bias=True),
@@ -55,9 +64,9 @@ def test_segment_gradients_equal_the_plain_body(fmt):
         return out.detach(), got
 
     stats0 = body[3].running_mean.clone()
-    out_a, ga = grads(plan.body)
+    out_a, ga = grads(lambda xr: plan.tail(plan.body(xr)))
     stats1 = body[3].running_mean.clone()
-    out_b, gb = grads(lambda xr: run_segments(plan.segments, xr))
+    out_b, gb = grads(_fused_fast(body))
     # The inner BN updates its running statistics once per forward, not again in backward.
     assert not torch.equal(stats0, stats1)
     assert int(body[3].num_batches_tracked) == 2
@@ -150,7 +159,7 @@ def test_simple_heads_backpropagated_by_hand_equal_autograd(fmt, need_x, trainin
 
         want = grads(lambda xr: plan.tail(plan.body(xr)))
         buffers = [b.clone() for b in body.buffers()]
-        got = grads(lambda xr: plan.tail(run_segments(plan.segments, xr)))
+        got = grads(_fused_fast(body))
         for a, b in zip(want, got):
             torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
         if not training:
