@@ -79,7 +79,7 @@ def values_unread() -> bool:
     sum of its edges, or edges marked `summed_into_output` in the replayed block. Their
     output values are never read (the backward of a sum passes the gradient through), only
     their graphs are, so a fused edge skips forming them (`fastdarts.mixed`)."""
-    return getattr(_state, "values_unread", False)
+    return bool(getattr(_state, "values_unread", False))
 
 
 @contextlib.contextmanager
@@ -88,26 +88,19 @@ def summed_into_output(block: nn.Module, on: bool = True):
     output. A replay of `block` (`recompute`) only backpropagates that output, so it never
     reads their values (`values_unread`). Anywhere else (no replay, or `block` run inside
     the replay of an enclosing module, which reads its output) this does nothing."""
-    with _values_unread(on and getattr(_state, "replayed", None) is block):
+    with _state_set("values_unread", on and getattr(_state, "replayed", None) is block):
         yield
 
 
 @contextlib.contextmanager
-def _values_unread(on: bool):
-    previous, _state.values_unread = getattr(_state, "values_unread", False), on
+def _state_set(name: str, value):
+    """This thread's `_state.<name>` set to `value` for the block, then restored."""
+    previous = getattr(_state, name, None)
+    setattr(_state, name, value)
     try:
         yield
     finally:
-        _state.values_unread = previous
-
-
-@contextlib.contextmanager
-def _recording(tape: StatsTape):
-    previous, _state.recording = getattr(_state, "recording", None), tape
-    try:
-        yield
-    finally:
-        _state.recording = previous
+        setattr(_state, name, previous)
 
 
 @contextlib.contextmanager
@@ -197,7 +190,7 @@ class _RecomputeFunction(torch.autograd.Function):
         ctx.rng = RngState.capture(args[0].device) if rng else None
         ctx.autocast = AutocastState(args[0].device.type)
         ctx.tape = StatsTape()
-        with torch.no_grad(), _recording(ctx.tape):
+        with torch.no_grad(), _state_set("recording", ctx.tape):
             out = run(*args)
         ctx.save_for_backward(*args)
         return out
@@ -298,7 +291,7 @@ class _NodewiseCellFunction(torch.autograd.Function):
         ctx.autocast = AutocastState(s0.device.type)
         ctx.has_edge_weights = edge_weights is not None
         ctx.tape = StatsTape()
-        with torch.no_grad(), _recording(ctx.tape):
+        with torch.no_grad(), _state_set("recording", ctx.tape):
             out = cell._forward(s0, s1, weights, edge_weights)
         ctx.save_for_backward(s0, s1, weights, out,
                               *([edge_weights] if edge_weights is not None else []))
@@ -340,7 +333,7 @@ class _NodewiseCellFunction(torch.autograd.Function):
             for i in reversed(range(steps)):
                 n, off = 2 + i, offsets[i]
                 edges = [cell._ops[off + j] for j in range(n)]
-                with _values_unread(sums):
+                with _state_set("values_unread", sums):
                     node = cell._node(i, states[:n], w, e)
                 eparams = [q for ed in edges for q in listed_parameters(ed) if q.requires_grad]
                 ins = states[:n] + arch + eparams
