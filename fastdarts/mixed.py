@@ -183,17 +183,17 @@ class _Edge:
 
 
 def _check_inputs(owner, x, weights):
-    fn = f"{type(owner).__name__}.forward"
+    def fail(message):  # the message is built only on failure: this runs for every edge
+        raise ValueError(f"{type(owner).__name__}.forward: {message}")
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-        raise ValueError(f"{fn}: argument 'x' must be a 4-D floating tensor (N, C, H, W); got "
-                         f"{getattr(x, 'shape', type(x))} {getattr(x, 'dtype', '')}")
+        fail(f"argument 'x' must be a 4-D floating tensor (N, C, H, W); got "
+             f"{getattr(x, 'shape', type(x))} {getattr(x, 'dtype', '')}")
     K = len(owner._ops)
     if not isinstance(weights, torch.Tensor) or weights.shape != (K,):
-        raise ValueError(f"{fn}: argument 'weights' must be a 1-D tensor of {K} mixing weights "
-                         f"(one per op); got {getattr(weights, 'shape', type(weights))}")
+        fail(f"argument 'weights' must be a 1-D tensor of {K} mixing weights (one per op); "
+             f"got {getattr(weights, 'shape', type(weights))}")
     if not weights.is_floating_point():
-        raise ValueError(f"{fn}: argument 'weights' must be floating point; got "
-                         f"{weights.dtype}")
+        fail(f"argument 'weights' must be floating point; got {weights.dtype}")
 
 
 def _weights_acc(weights, x, acc):
@@ -456,9 +456,9 @@ def mixed_forward(owner: nn.Module, x: torch.Tensor, weights: torch.Tensor,
                    if k not in skipped)
     _check_inputs(owner, x, weights)
     edge = _Edge(owner, x, backend)
-    params = [q for p in edge.active for q in _op_params(p)]
     wants_grad = torch.is_grad_enabled() and (
-        x.requires_grad or weights.requires_grad or bool(params))
+        x.requires_grad or weights.requires_grad
+        or any(q.requires_grad for p in edge.active for q in p.params))
     if not wants_grad:
         with torch.no_grad():
             out, stats = _forward_nograd(edge, x, _weights_acc(weights, x, edge.acc))
@@ -472,6 +472,7 @@ def mixed_forward(owner: nn.Module, x: torch.Tensor, weights: torch.Tensor,
     if memory == "fast":
         return _forward_fast(edge, x, weights)
     if memory == "low":
+        params = [q for p in edge.active for q in _op_params(p)]
         return _LowMemoryEdgeFunction.apply(edge, x, weights, *params)
     raise ValueError(f"memory must be one of {list(MEMORY_MODES)}; got {memory!r}")
 
