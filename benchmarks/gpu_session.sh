@@ -2,7 +2,7 @@
 # One GPU lease, one command: build the extension, record the environment, run the tests and
 # the benchmarks, leave logs and results under $OUT (default ./gpu-out).
 #   bash benchmarks/gpu_session.sh COMMIT [build] [tests-gpu] [tests-all] [bench-mixed]
-#        [bench-pcdarts] [bench-second-order] [bench-methods] [a pytest path] ...
+#        [bench-pcdarts] [bench-second-order] [bench-methods] [profile] [a pytest path] ...
 # Stages run in the order given; a failed build stops the rest.
 set -uo pipefail
 COMMIT=${1:?commit}; shift
@@ -40,6 +40,12 @@ for stage in "$@"; do
         --benchmark-json="$OUT/$STAMP-second_order.json" 2>&1 | tail -5
       python3 benchmarks/summarize.py "$OUT/$STAMP-second_order.json" \
         | tee "$OUT/$STAMP-second_order.md" ;;
+    profile)
+      for space in darts nb201; do
+        python3 -m benchmarks.profile_step --space $space 2>/dev/null \
+          > "$OUT/$STAMP-profile-$space.txt"
+        grep "^==" "$OUT/$STAMP-profile-$space.txt"
+      done ;;
     bench-methods)
       python3 benchmarks/compare_methods.py --device cuda --epochs 3 --layers 3 \
         --out "$OUT/$STAMP-methods" 2>&1 | tail -12 ;;
