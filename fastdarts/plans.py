@@ -8,9 +8,10 @@ backpropagates the final conv without running it again (`aten.convolution_backwa
 recomputed conv input). So a SepConv keeps two tensors (its middle BN input and its pre-BN
 output) instead of five and a DilConv one instead of two, while no full convolution is
 ever computed twice. Bodies without a full conv (pools) keep their graph: their recompute
-would cost more than the little it saves. Segments are what `memory="fast"` (and
-`low`'s cell recompute) run; the edge-level `low` backward, which recomputes whole bodies
-anyway, runs the plain modules.
+would cost more than the little it saves. Segments are what `memory="fast"` runs, inside
+the fused edge's one autograd Function (`segments_forward`, `segments_backward`); `low`'s
+replays, which keep nothing past the backward of their block anyway, and the edge-level
+`low` backward run the plain modules with their graphs.
 """
 from __future__ import annotations
 
@@ -87,11 +88,13 @@ class Segment:
                                for m in self.head_modules)
 
     def forward_from(self, x, r):
-        a = self._head_after_relu(r) if (self.relu_first and r is not None) else self._head(x)
+        after_relu = self.relu_first and r is not None
+        a = self.head_from(r if after_relu else x, after_relu)
         return a if self.last is None else self.last(a)
 
-    def head(self, x):
-        return self._head(x)
+    def head_from(self, a, after_relu: bool):
+        """The head on `a`; `after_relu`: `a` is relu(input) and the leading ReLU is skipped."""
+        return (self._head_after_relu if after_relu else self._head)(a)
 
 
 def _segments_of(seq: Sequence[nn.Module]) -> Optional[list[Segment]]:
@@ -173,7 +176,7 @@ def _segment_backward(seg: Segment, a0, g, need_in: bool, need_p, autocast: Auto
     head_params = [q for q, need in zip(seg.params[:n_head], need_p) if need]
     with torch.enable_grad(), frozen_bn_stats(seg.modules), autocast():
         ad = a0.detach().requires_grad_(need_in)
-        a = (seg._head_after_relu if after_relu else seg._head)(ad)
+        a = seg.head_from(ad, after_relu)
     grads = [None] * len(seg.params)
     ga = _last_conv_backward(seg, a.detach(), g, need_p, grads)
     inputs = ([ad] if need_in else []) + head_params
