@@ -119,7 +119,7 @@ def _static_layout(owner: nn.Module):
     if cached is None or cached[0] is not plans or cached[1] != skipped:
         active = [p for p in plans if p.kind != "zero" and p.index not in skipped]
         inside = tuple(p for p in active if p.kind == "body" and p.segments is not None)
-        inside_params = tuple(q for p in inside for seg in p.segments for q in seg.params)
+        inside_params = tuple(q for p in inside for q in p.segment_params)
         layout = (plans, active, any(p.relu_first for p in active),
                   any(p.uses_rng for p in active), (inside, inside_params))
         cached = owner.__dict__["_fastdarts_layout"] = (plans, skipped, layout)
@@ -339,7 +339,7 @@ class _FusedEdgeFunction(torch.autograd.Function):
                 continue
             z = next(zi)
             if p.index in kept:
-                n = sum(len(seg.params) for seg in p.segments)
+                n = len(p.segment_params)
                 need_p = need_params[offset:offset + n]
                 offset += n
                 need_dz = need_x or any(need_p)

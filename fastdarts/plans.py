@@ -293,12 +293,15 @@ class OpPlan:
     label: str = ""
     params: tuple = field(init=False, default=())
     body_params: tuple = field(init=False, default=())
+    segment_params: tuple = field(init=False, default=())
 
     def __post_init__(self):
         # Listed once: walking the module tree on every call costs more than the kernels.
         self.params = tuple(self.module.parameters())
         tail = set() if self.tail is None else {id(q) for q in self.tail.parameters()}
         self.body_params = tuple(q for q in self.params if id(q) not in tail)
+        # The segments' parameters in segment order, as `segments_backward` returns them.
+        self.segment_params = tuple(q for seg in self.segments or () for q in seg.params)
 
 
 def _factorized_reduce_body(m: nn.Module) -> Callable:
