@@ -106,13 +106,11 @@ def _state_set(name: str, value):
 @contextlib.contextmanager
 def _recomputing(tape: "StatsTape | None" = None, block: "nn.Module | None" = None):
     _state.depth = getattr(_state, "depth", 0) + 1
-    previous = getattr(_state, "replaying", None), getattr(_state, "replayed", None)
-    _state.replaying, _state.replayed = tape, block
     try:
-        yield
+        with _state_set("replaying", tape), _state_set("replayed", block):
+            yield
     finally:
         _state.depth -= 1
-        _state.replaying, _state.replayed = previous
 
 
 @contextlib.contextmanager
