@@ -91,22 +91,44 @@ def saved_bytes(model, x, y) -> int:
 _NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided",
               "promote_types", "result_type", "is_same_size", "lift_fresh", "set_"}
 # Device kernels one fastdarts call launches with the CUDA backend (csrc/*.cu; 1 if not
-# listed): the reductions are a partial and a finalize kernel. The depthwise backward runs
-# our C++ kernel on the CPU and cuDNN's one convolution_backward on a GPU.
-_CUDA_LAUNCHES = {"bn_stats": 2, "bn_grad_reduce": 2, "hvp_sq_norm": 2,
-                  "weighted_sum_bwd": 2}
+# listed): the reductions are a partial and a finalize kernel. An edge call (`*_edge`) runs
+# its ops in batches of 8 (csrc/mixed_op.cuh), one launch set per batch; no edge of our
+# supernets has more than 8 ops. The depthwise backward runs our C++ kernel on the CPU and
+# cuDNN's one convolution_backward on a GPU.
+_CUDA_LAUNCHES = {"bn_stats": 2, "bn_grad_reduce": 2, "bn_stats_edge": 2,
+                  "bn_grad_reduce_edge": 2, "hvp_sq_norm": 2, "weighted_sum_bwd": 2}
+
+
+# Where an edge call (`*_edge`: every op of an edge at once) takes its list of op outputs.
+_EDGE_OUTPUTS_ARG = {"bn_stats_edge": 0, "bn_accumulate_edge": 1, "bn_grad_reduce_edge": 1,
+                     "bn_grad_input_edge": 1}
+
+
+class KernelCalls(dict):
+    """{kernel name: calls}; `ops`: {per-op primitive: ops run}, where an edge call counts
+    each of its ops (`bn_stats_edge` on 3 outputs: 3 `bn_stats` ops) and a per-op call one."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: dict[str, int] = {}
+
+    def add(self, name: str, args) -> None:
+        self[name] = self.get(name, 0) + 1
+        at = _EDGE_OUTPUTS_ARG.get(name)
+        op, n = (name, 1) if at is None else (name[:-len("_edge")], len(args[at]))
+        self.ops[op] = self.ops.get(op, 0) + n
 
 
 @contextlib.contextmanager
 def kernel_calls(include_reference: bool = False):
     """Counts every call of the backends' kernels (the `Backend` staticmethods) while the
-    block runs: yields {kernel name: calls}, filled as they happen; the backends are restored
+    block runs: yields a `KernelCalls`, filled as they happen; the backends are restored
     on exit. Calls that the reference backend answers with aten ops are left out unless
     `include_reference` (a dispatch mode counts those ops already)."""
     from fastdarts.backends import BACKENDS, Backend
 
     names = [n for n, v in vars(Backend).items() if isinstance(v, staticmethod)]
-    calls: dict[str, int] = {}
+    calls = KernelCalls()
     originals = {}
     for cls in BACKENDS.values():
         for name in names:
@@ -119,7 +141,7 @@ def kernel_calls(include_reference: bool = False):
                 continue
 
             def counted(*args, _fn=fn, _name=name, **kwargs):
-                calls[_name] = calls.get(_name, 0) + 1
+                calls.add(_name, args)
                 return _fn(*args, **kwargs)
             setattr(cls, name, staticmethod(counted))
     try:
@@ -148,7 +170,7 @@ def host_work(model, x, y) -> dict:
 
     with kernel_calls() as calls, Count():
         step(model, x, y)
-    counts["fastdarts_calls"] = calls
+    counts["fastdarts_calls"] = dict(calls)
     # On a GPU (CUDA backend): the aten kernels plus our launches. Measured on the CPU this
     # is an estimate: a CPU kernel's own aten helpers (the depthwise dx pads g) are counted
     # too, which the CUDA path does not run.

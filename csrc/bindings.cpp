@@ -3,6 +3,7 @@
 // the CUDA launchers.
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <stdexcept>
@@ -180,26 +181,34 @@ void run_kernel(const char* fn, const at::Tensor& t, const Params& p, Cpu cpu, C
   }
 }
 
+// One op of a tail call. The one-op functions (bn_stats, ...) make one; the edge functions
+// (bn_stats_edge, ...) one per op of their lists, all with zs[0]'s shape, layout, dtype and
+// device, and their errors name the list entry (`means[2]`).
 struct TailCall {
   const char* fn;
   const at::Tensor& z;
+  int64_t term;  // index into the edge function's lists, or -1 for a one-op function
   bool channels_last = false;
   BnTailParams p{};
 
-  TailCall(const char* fn_, const at::Tensor& z_) : fn(fn_), z(z_) {
-    FD_CHECK_ARG(z.dim() == 4, fn, "z", "must be 4-D (N, C, H, W); got shape ", shape_str(z));
+  TailCall(const char* fn_, const at::Tensor& z_, int64_t term_ = -1)
+      : fn(fn_), z(z_), term(term_) {
+    const std::string zn = arg("z", "zs");
+    FD_CHECK_ARG(z.dim() == 4, fn, zn.c_str(), "must be 4-D (N, C, H, W); got shape ",
+                 shape_str(z));
     if (z.is_contiguous()) {
       channels_last = false;
     } else if (z.is_contiguous(at::MemoryFormat::ChannelsLast)) {
       channels_last = true;
     } else {
-      throw_bad_argument(fn, "z", "must be contiguous in NCHW or channels_last order");
+      throw_bad_argument(fn, zn.c_str(), "must be contiguous in NCHW or channels_last order");
     }
-    p.dtype = to_dtype(z, fn, "z");
+    p.dtype = to_dtype(z, fn, zn.c_str());
     if (z.is_cuda()) {
-      FD_CHECK_ARG(p.dtype != DType::kFloat64, fn, "z", "float64 is not supported on CUDA");
+      FD_CHECK_ARG(p.dtype != DType::kFloat64, fn, zn.c_str(),
+                   "float64 is not supported on CUDA");
     } else {
-      FD_CHECK_ARG(p.dtype == DType::kFloat32 || p.dtype == DType::kFloat64, fn, "z",
+      FD_CHECK_ARG(p.dtype == DType::kFloat32 || p.dtype == DType::kFloat64, fn, zn.c_str(),
                    "must be float32 or float64 on the CPU; got ",
                    c10::toString(z.scalar_type()));
     }
@@ -210,9 +219,15 @@ struct TailCall {
     p.z = z.data_ptr();
   }
 
+  // The name of an argument in errors: `single` in a one-op call, `list[term]` in an edge call.
+  std::string arg(const char* single, const char* list) const {
+    return term < 0 ? std::string(single) : std::string(list) + "[" + std::to_string(term) + "]";
+  }
+
   // Another activation: same shape, layout and device; `dtype` as given.
   const void* activation(const at::Tensor& t, const char* name, at::ScalarType dtype) const {
-    FD_CHECK_ARG(t.sizes() == z.sizes(), fn, name, "must have z's shape ", shape_str(z),
+    const std::string zn = arg("z", "zs");
+    FD_CHECK_ARG(t.sizes() == z.sizes(), fn, name, "must have ", zn, "'s shape ", shape_str(z),
                  "; got ", shape_str(t));
     FD_CHECK_ARG(t.device() == z.device(), fn, name, "must be on ", z.device().str(),
                  "; got ", t.device().str());
@@ -220,7 +235,7 @@ struct TailCall {
                  "; got ", c10::toString(t.scalar_type()));
     FD_CHECK_ARG(t.is_contiguous(channels_last ? at::MemoryFormat::ChannelsLast
                                                : at::MemoryFormat::Contiguous),
-                 fn, name, "must have z's memory layout (",
+                 fn, name, "must have ", zn, "'s memory layout (",
                  channels_last ? "channels_last" : "NCHW", ")");
     return t.data_ptr();
   }
@@ -238,33 +253,101 @@ struct TailCall {
     return t->data_ptr();
   }
 
+  // A per-channel vector of this op, named as the one-op or the edge function calls it.
+  const void* channel_vec(const OptTensor& t, const char* single, const char* list) const {
+    return vec(t, arg(single, list).c_str(), p.C);
+  }
+
   // The BN statistics: both given, or neither (no normalisation).
   void normalisation(const OptTensor& mean, const OptTensor& rstd) {
-    p.mean = vec(mean, "mean", p.C);
-    p.rstd = vec(rstd, "rstd", p.C);
-    FD_CHECK_ARG((p.mean == nullptr) == (p.rstd == nullptr), fn, "rstd",
-                 "must be given exactly when mean is");
+    p.mean = channel_vec(mean, "mean", "means");
+    p.rstd = channel_vec(rstd, "rstd", "rstds");
+    FD_CHECK_ARG((p.mean == nullptr) == (p.rstd == nullptr), fn,
+                 arg("rstd", "rstds").c_str(), "must be given exactly when ",
+                 arg("mean", "means"), " is");
+  }
+
+  void affine(const OptTensor& gamma, const OptTensor& beta) {
+    p.gamma = channel_vec(gamma, "gamma", "gammas");
+    p.beta = channel_vec(beta, "beta", "betas");
   }
 
   void weights(const at::Tensor& w, int64_t k) {
     p.w = vec(w, "w", w.dim() == 1 ? w.size(0) : -1);
-    FD_CHECK_ARG(k >= 0 && k < w.size(0), fn, "k", "must index w (0 <= k < ", w.size(0),
-                 "); got ", k);
+    FD_CHECK_ARG(k >= 0 && k < w.size(0), fn, arg("k", "ks").c_str(),
+                 "must index w (0 <= k < ", w.size(0), "); got ", k);
     p.k = k;
   }
-
-  at::Tensor new_vec() const { return at::empty({p.C}, z.options().dtype(acc_type(z))); }
-
-#ifdef FASTDARTS_WITH_CUDA
-  at::Tensor workspace() {
-    p.num_chunks = bn_num_chunks(p.N * p.S);
-    return at::empty({3 * p.num_chunks * p.C}, z.options().dtype(at::kFloat));
-  }
-#endif
-
-  template <typename Cpu, typename Cuda>
-  void run(Cpu cpu, Cuda cuda) { run_kernel(fn, z, p, cpu, cuda); }
 };
+
+// The calls of an edge function, one per entry of zs; every list argument has zs's length.
+std::vector<TailCall> tail_calls(const char* fn, const std::vector<at::Tensor>& zs,
+                                 bool edge) {
+  FD_CHECK_ARG(!zs.empty(), fn, "zs", "must hold at least one op output");
+  std::vector<TailCall> calls;
+  calls.reserve(zs.size());
+  for (size_t j = 0; j < zs.size(); ++j) {
+    calls.emplace_back(fn, zs[j], edge ? static_cast<int64_t>(j) : -1);
+    if (j > 0) calls[0].activation(zs[j], calls[j].arg("z", "zs").c_str(), zs[0].scalar_type());
+  }
+  return calls;
+}
+
+template <typename List>
+void check_entries(const char* fn, const char* name, const List& list, size_t n) {
+  FD_CHECK_ARG(list.size() == n, fn, name, "must have one entry per op output (", n,
+               "); got ", list.size());
+}
+
+// Per-channel outputs of a call: one (C,) vector per op, in the accumulation dtype (separate
+// tensors: views of one (n, C) tensor would cost an unbind, more host time than the kernel
+// call at search sizes).
+std::vector<at::Tensor> new_vecs(const std::vector<TailCall>& calls) {
+  const TailCall& c = calls.front();
+  const auto opts = c.z.options().dtype(acc_type(c.z));
+  std::vector<at::Tensor> out;
+  out.reserve(calls.size());
+  for (size_t j = 0; j < calls.size(); ++j) out.push_back(at::empty({c.p.C}, opts));
+  return out;
+}
+
+// Runs the CPU kernel per op or, on CUDA, the launcher on batches of up to kMaxTailOps ops
+// (one launch set per batch) on the current stream; the reductions get their workspace.
+template <typename Cpu, typename Cuda>
+void run_tails(std::vector<TailCall>& calls, bool reduction, Cpu cpu, Cuda cuda) {
+  const TailCall& first = calls.front();
+  if (first.z.is_cuda()) {
+#ifdef FASTDARTS_WITH_CUDA
+    const c10::cuda::CUDAGuard guard(first.z.device());
+    at::Tensor ws;
+    if (reduction) {  // per op: partial sums of 2 quantities per (row chunk, channel)
+      const int64_t chunks = bn_num_chunks(first.p.N * first.p.S);
+      const int64_t per_op = 2 * chunks * first.p.C;
+      ws = at::empty({static_cast<int64_t>(calls.size()) * per_op},
+                     first.z.options().dtype(at::kFloat));
+      for (size_t j = 0; j < calls.size(); ++j) {
+        calls[j].p.partials = ws.data_ptr<float>() + j * per_op;
+        calls[j].p.num_chunks = chunks;
+      }
+    }
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    for (size_t b = 0; b < calls.size(); b += kMaxTailOps) {
+      BnTailBatch batch;
+      batch.dtype = first.p.dtype;
+      batch.n = static_cast<int>(std::min<size_t>(kMaxTailOps, calls.size() - b));
+      for (int j = 0; j < batch.n; ++j) batch.op[j] = calls[b + j].p;
+      const cudaError_t err = cuda(batch, stream);
+      TORCH_CHECK(err == cudaSuccess, first.fn, ": ", cudaGetErrorString(err));
+    }
+#else
+    (void)cuda;
+    (void)reduction;
+    TORCH_CHECK(false, first.fn, ": fastdarts._C was built without CUDA");
+#endif
+  } else {
+    for (TailCall& c : calls) cpu(c.p);
+  }
+}
 
 #ifdef FASTDARTS_WITH_CUDA
 #define FD_CUDA_LAUNCHER(name) name
@@ -272,103 +355,238 @@ struct TailCall {
 #define FD_CUDA_LAUNCHER(name) nullptr
 #endif
 
+// Statistics of each z; with running buffers also BatchNorm's update of them.
+std::vector<std::vector<at::Tensor>> stats_impl(const char* fn,
+                                                const std::vector<at::Tensor>& zs,
+                                   const std::vector<double>& eps,
+                                   const std::vector<OptTensor>& running_means,
+                                   const std::vector<OptTensor>& running_vars,
+                                   const std::vector<OptTensor>& nbts,
+                                   const std::vector<double>& momenta, bool edge) {
+  std::vector<TailCall> calls = tail_calls(fn, zs, edge);
+  const size_t n = zs.size();
+  check_entries(fn, "eps", eps, n);
+  check_entries(fn, "running_means", running_means, n);
+  check_entries(fn, "running_vars", running_vars, n);
+  check_entries(fn, "num_batches_tracked", nbts, n);
+  check_entries(fn, "momenta", momenta, n);
+  std::vector<at::Tensor> mean = new_vecs(calls), var = new_vecs(calls), rstd = new_vecs(calls);
+  for (size_t j = 0; j < n; ++j) {
+    TailCall& call = calls[j];
+    FD_CHECK_ARG(eps[j] >= 0, fn, call.arg("eps", "eps").c_str(), "must be >= 0; got ", eps[j]);
+    // The BN's running buffers, updated in the same pass (all given, or none).
+    call.p.running_mean =
+        const_cast<void*>(call.channel_vec(running_means[j], "running_mean", "running_means"));
+    call.p.running_var =
+        const_cast<void*>(call.channel_vec(running_vars[j], "running_var", "running_vars"));
+    FD_CHECK_ARG((call.p.running_mean == nullptr) == (call.p.running_var == nullptr), fn,
+                 call.arg("running_var", "running_vars").c_str(), "must be given exactly when ",
+                 call.arg("running_mean", "running_means"), " is");
+    if (nbts[j].has_value() && nbts[j]->defined()) {
+      const at::Tensor& nbt = *nbts[j];
+      const std::string name = call.arg("num_batches_tracked", "num_batches_tracked");
+      FD_CHECK_ARG(call.p.running_mean != nullptr, fn, name.c_str(),
+                   "needs running_mean and running_var");
+      FD_CHECK_ARG(nbt.numel() == 1 && nbt.scalar_type() == at::kLong, fn, name.c_str(),
+                   "must be one int64 value; got ", shape_str(nbt), " ",
+                   c10::toString(nbt.scalar_type()));
+      FD_CHECK_ARG(nbt.device() == call.z.device(), fn, name.c_str(), "must be on ",
+                   call.z.device().str(), "; got ", nbt.device().str());
+      call.p.num_batches_tracked = nbt.data_ptr<int64_t>();
+    }
+    FD_CHECK_ARG(momenta[j] >= 0 && momenta[j] <= 1, fn, call.arg("momentum", "momenta").c_str(),
+                 "must lie in [0, 1]; got ", momenta[j]);
+    call.p.momentum = momenta[j];
+    call.p.eps = eps[j];
+    call.p.out0 = mean[j].data_ptr();
+    call.p.out1 = var[j].data_ptr();
+    call.p.out2 = rstd[j].data_ptr();
+  }
+  run_tails(calls, true, bn_stats_cpu, FD_CUDA_LAUNCHER(launch_bn_stats));
+  return {mean, var, rstd};
+}
+
+// acc (=|+=) sum_j w[k_j] * tail_j(z_j), in op order.
+void accumulate_impl(const char* fn, at::Tensor& acc, const std::vector<at::Tensor>& zs,
+                     const at::Tensor& w, const std::vector<int64_t>& ks,
+                     const std::vector<OptTensor>& means, const std::vector<OptTensor>& rstds,
+                     const std::vector<OptTensor>& gammas, const std::vector<OptTensor>& betas,
+                     bool init, bool edge) {
+  std::vector<TailCall> calls = tail_calls(fn, zs, edge);
+  const size_t n = zs.size();
+  check_entries(fn, "ks", ks, n);
+  check_entries(fn, "means", means, n);
+  check_entries(fn, "rstds", rstds, n);
+  check_entries(fn, "gammas", gammas, n);
+  check_entries(fn, "betas", betas, n);
+  void* acc_ptr = const_cast<void*>(calls[0].activation(acc, "acc", acc_type(zs[0])));
+  for (size_t j = 0; j < n; ++j) {
+    TailCall& call = calls[j];
+    call.p.acc = acc_ptr;
+    call.weights(w, ks[j]);
+    call.normalisation(means[j], rstds[j]);
+    call.affine(gammas[j], betas[j]);
+    call.p.init = init && j == 0;  // the later ops add to the first
+  }
+  run_tails(calls, false, bn_accumulate_cpu, FD_CUDA_LAUNCHER(launch_bn_accumulate));
+}
+
+// (sum g, sum g * xhat_j) per channel; with dw also dw[k_j] for every op.
+std::vector<std::vector<at::Tensor>> grad_reduce_impl(const char* fn, const at::Tensor& g,
+                                         const std::vector<at::Tensor>& zs,
+                                         const std::vector<OptTensor>& means,
+                                         const std::vector<OptTensor>& rstds,
+                                         const std::vector<OptTensor>& gammas,
+                                         const std::vector<OptTensor>& betas,
+                                         const OptTensor& dw, const std::vector<int64_t>& ks,
+                                         bool edge) {
+  std::vector<TailCall> calls = tail_calls(fn, zs, edge);
+  const size_t n = zs.size();
+  check_entries(fn, "means", means, n);
+  check_entries(fn, "rstds", rstds, n);
+  check_entries(fn, "gammas", gammas, n);
+  check_entries(fn, "betas", betas, n);
+  check_entries(fn, "ks", ks, n);
+  const void* g_ptr = calls[0].activation(g, "g", zs[0].scalar_type());
+  void* dw_ptr = nullptr;
+  if (dw.has_value() && dw->defined()) {  // the mixing-weight gradients, entries k_j written
+    FD_CHECK_ARG(dw->dim() == 1, fn, "dw", "must be 1-D (one entry per op); got ",
+                 shape_str(*dw));
+    dw_ptr = const_cast<void*>(calls[0].vec(dw, "dw", dw->size(0)));
+  }
+  std::vector<at::Tensor> sum_g = new_vecs(calls), sum_gx = new_vecs(calls);
+  for (size_t j = 0; j < n; ++j) {
+    TailCall& call = calls[j];
+    call.p.g = g_ptr;
+    call.normalisation(means[j], rstds[j]);
+    call.affine(gammas[j], betas[j]);
+    if (dw_ptr != nullptr) {
+      FD_CHECK_ARG(ks[j] >= 0 && ks[j] < dw->size(0), fn, call.arg("k", "ks").c_str(),
+                   "must index dw (0 <= k < ", dw->size(0), "); got ", ks[j]);
+      call.p.dw = dw_ptr;
+      call.p.k = ks[j];
+    }
+    call.p.out0 = sum_g[j].data_ptr();
+    call.p.out1 = sum_gx[j].data_ptr();
+  }
+  run_tails(calls, true, bn_grad_reduce_cpu, FD_CUDA_LAUNCHER(launch_bn_grad_reduce));
+  return {sum_g, sum_gx};
+}
+
+// dz_j through each op's BN tail (batch or fixed statistics).
+std::vector<at::Tensor> grad_input_impl(const char* fn, const at::Tensor& g,
+                                        const std::vector<at::Tensor>& zs, const at::Tensor& w,
+                                        const std::vector<int64_t>& ks,
+                                        const std::vector<OptTensor>& means,
+                                        const std::vector<OptTensor>& rstds,
+                                        const std::vector<OptTensor>& gammas,
+                                        const std::vector<OptTensor>& sum_gs,
+                                        const std::vector<OptTensor>& sum_gxs,
+                                        const std::vector<bool>& batch_stats, bool edge) {
+  std::vector<TailCall> calls = tail_calls(fn, zs, edge);
+  const size_t n = zs.size();
+  check_entries(fn, "ks", ks, n);
+  check_entries(fn, "means", means, n);
+  check_entries(fn, "rstds", rstds, n);
+  check_entries(fn, "gammas", gammas, n);
+  check_entries(fn, "sum_gs", sum_gs, n);
+  check_entries(fn, "sum_gxs", sum_gxs, n);
+  check_entries(fn, "batch_stats", batch_stats, n);
+  const void* g_ptr = calls[0].activation(g, "g", zs[0].scalar_type());
+  std::vector<at::Tensor> dzs;
+  dzs.reserve(n);
+  for (size_t j = 0; j < n; ++j) {
+    TailCall& call = calls[j];
+    call.p.g = g_ptr;
+    call.weights(w, ks[j]);
+    call.normalisation(means[j], rstds[j]);
+    call.p.gamma = call.channel_vec(gammas[j], "gamma", "gammas");
+    call.p.sum_g = call.channel_vec(sum_gs[j], "sum_g", "sum_gs");
+    call.p.sum_gx = call.channel_vec(sum_gxs[j], "sum_gx", "sum_gxs");
+    call.p.batch_stats = batch_stats[j];
+    FD_CHECK_ARG(!(batch_stats[j] && call.p.mean != nullptr) ||
+                     (call.p.sum_g != nullptr && call.p.sum_gx != nullptr),
+                 fn, call.arg("sum_g", "sum_gs").c_str(), "and ",
+                 call.arg("sum_gx", "sum_gxs"), " are required with batch statistics");
+    dzs.push_back(at::empty_like(zs[j]));
+    call.p.dz = dzs.back().data_ptr();
+  }
+  run_tails(calls, false, bn_grad_input_cpu, FD_CUDA_LAUNCHER(launch_bn_grad_input));
+  return dzs;
+}
+
+// One-op functions: one op's tail per call.
 std::vector<at::Tensor> bn_stats(const at::Tensor& z, double eps,
                                  const OptTensor& running_mean, const OptTensor& running_var,
                                  const OptTensor& num_batches_tracked, double momentum) {
-  TailCall call("bn_stats", z);
-  FD_CHECK_ARG(eps >= 0, call.fn, "eps", "must be >= 0; got ", eps);
-  // The BN's running buffers, updated in the same pass (all given, or none).
-  call.p.running_mean = const_cast<void*>(call.vec(running_mean, "running_mean", call.p.C));
-  call.p.running_var = const_cast<void*>(call.vec(running_var, "running_var", call.p.C));
-  FD_CHECK_ARG((call.p.running_mean == nullptr) == (call.p.running_var == nullptr), call.fn,
-               "running_var", "must be given exactly when running_mean is");
-  if (num_batches_tracked.has_value() && num_batches_tracked->defined()) {
-    const at::Tensor& nbt = *num_batches_tracked;
-    FD_CHECK_ARG(call.p.running_mean != nullptr, call.fn, "num_batches_tracked",
-                 "needs running_mean and running_var");
-    FD_CHECK_ARG(nbt.numel() == 1 && nbt.scalar_type() == at::kLong, call.fn,
-                 "num_batches_tracked", "must be one int64 value; got ", shape_str(nbt), " ",
-                 c10::toString(nbt.scalar_type()));
-    FD_CHECK_ARG(nbt.device() == z.device(), call.fn, "num_batches_tracked", "must be on ",
-                 z.device().str(), "; got ", nbt.device().str());
-    call.p.num_batches_tracked = nbt.data_ptr<int64_t>();
-  }
-  FD_CHECK_ARG(momentum >= 0 && momentum <= 1, call.fn, "momentum", "must lie in [0, 1]; got ",
-               momentum);
-  call.p.momentum = momentum;
-  at::Tensor mean = call.new_vec(), var = call.new_vec(), rstd = call.new_vec();
-  call.p.eps = eps;
-  call.p.out0 = mean.data_ptr();
-  call.p.out1 = var.data_ptr();
-  call.p.out2 = rstd.data_ptr();
-#ifdef FASTDARTS_WITH_CUDA
-  at::Tensor ws = z.is_cuda() ? call.workspace() : at::Tensor();
-  if (ws.defined()) call.p.partials = ws.data_ptr();
-#endif
-  call.run(bn_stats_cpu, FD_CUDA_LAUNCHER(launch_bn_stats));
-  return {mean, var, rstd};
+  const auto out = stats_impl("bn_stats", {z}, {eps}, {running_mean}, {running_var},
+                              {num_batches_tracked}, {momentum}, false);
+  return {out[0][0], out[1][0], out[2][0]};
 }
 
 void bn_accumulate(at::Tensor& acc, const at::Tensor& z, const at::Tensor& w, int64_t k,
                    const OptTensor& mean, const OptTensor& rstd, const OptTensor& gamma,
                    const OptTensor& beta, bool init) {
-  TailCall call("bn_accumulate", z);
-  call.p.acc = const_cast<void*>(call.activation(acc, "acc", acc_type(z)));
-  call.weights(w, k);
-  call.normalisation(mean, rstd);
-  call.p.gamma = call.vec(gamma, "gamma", call.p.C);
-  call.p.beta = call.vec(beta, "beta", call.p.C);
-  call.p.init = init;
-  call.run(bn_accumulate_cpu, FD_CUDA_LAUNCHER(launch_bn_accumulate));
+  accumulate_impl("bn_accumulate", acc, {z}, w, {k}, {mean}, {rstd}, {gamma}, {beta}, init,
+                  false);
 }
 
 std::vector<at::Tensor> bn_grad_reduce(const at::Tensor& g, const at::Tensor& z,
                                        const OptTensor& mean, const OptTensor& rstd,
                                        const OptTensor& gamma, const OptTensor& beta,
                                        const OptTensor& dw, int64_t k) {
-  TailCall call("bn_grad_reduce", z);
-  call.p.g = call.activation(g, "g", z.scalar_type());
-  call.normalisation(mean, rstd);
-  call.p.gamma = call.vec(gamma, "gamma", call.p.C);
-  call.p.beta = call.vec(beta, "beta", call.p.C);
-  if (dw.has_value() && dw->defined()) {  // the mixing-weight gradient, entry k written
-    FD_CHECK_ARG(dw->dim() == 1, call.fn, "dw", "must be 1-D (one entry per op); got ",
-                 shape_str(*dw));
-    call.p.dw = const_cast<void*>(call.vec(dw, "dw", dw->size(0)));
-    FD_CHECK_ARG(k >= 0 && k < dw->size(0), call.fn, "k", "must index dw (0 <= k < ",
-                 dw->size(0), "); got ", k);
-    call.p.k = k;
-  }
-  at::Tensor sum_g = call.new_vec(), sum_gx = call.new_vec();
-  call.p.out0 = sum_g.data_ptr();
-  call.p.out1 = sum_gx.data_ptr();
-#ifdef FASTDARTS_WITH_CUDA
-  at::Tensor ws = z.is_cuda() ? call.workspace() : at::Tensor();
-  if (ws.defined()) call.p.partials = ws.data_ptr();
-#endif
-  call.run(bn_grad_reduce_cpu, FD_CUDA_LAUNCHER(launch_bn_grad_reduce));
-  return {sum_g, sum_gx};
+  const auto out = grad_reduce_impl("bn_grad_reduce", g, {z}, {mean}, {rstd}, {gamma}, {beta},
+                                    dw, {k}, false);
+  return {out[0][0], out[1][0]};
 }
 
 at::Tensor bn_grad_input(const at::Tensor& g, const at::Tensor& z, const at::Tensor& w,
                          int64_t k, const OptTensor& mean, const OptTensor& rstd,
                          const OptTensor& gamma, const OptTensor& sum_g,
                          const OptTensor& sum_gx, bool batch_stats) {
-  TailCall call("bn_grad_input", z);
-  call.p.g = call.activation(g, "g", z.scalar_type());
-  call.weights(w, k);
-  call.normalisation(mean, rstd);
-  call.p.gamma = call.vec(gamma, "gamma", call.p.C);
-  call.p.sum_g = call.vec(sum_g, "sum_g", call.p.C);
-  call.p.sum_gx = call.vec(sum_gx, "sum_gx", call.p.C);
-  call.p.batch_stats = batch_stats;
-  FD_CHECK_ARG(!(batch_stats && call.p.mean != nullptr) ||
-                   (call.p.sum_g != nullptr && call.p.sum_gx != nullptr),
-               call.fn, "sum_g", "and sum_gx are required with batch statistics");
-  at::Tensor dz = at::empty_like(z);
-  call.p.dz = dz.data_ptr();
-  call.run(bn_grad_input_cpu, FD_CUDA_LAUNCHER(launch_bn_grad_input));
-  return dz;
+  return grad_input_impl("bn_grad_input", g, {z}, w, {k}, {mean}, {rstd}, {gamma}, {sum_g},
+                         {sum_gx}, {batch_stats}, false)[0];
+}
+
+// Edge functions: every op of an edge in one call (on CUDA one launch set per 8 ops).
+std::vector<std::vector<at::Tensor>> bn_stats_edge(const std::vector<at::Tensor>& zs,
+                                      const std::vector<double>& eps,
+                                      const std::vector<OptTensor>& running_means,
+                                      const std::vector<OptTensor>& running_vars,
+                                      const std::vector<OptTensor>& num_batches_tracked,
+                                      const std::vector<double>& momenta) {
+  return stats_impl("bn_stats_edge", zs, eps, running_means, running_vars, num_batches_tracked,
+                    momenta, true);
+}
+
+void bn_accumulate_edge(at::Tensor& acc, const std::vector<at::Tensor>& zs, const at::Tensor& w,
+                        const std::vector<int64_t>& ks, const std::vector<OptTensor>& means,
+                        const std::vector<OptTensor>& rstds,
+                        const std::vector<OptTensor>& gammas,
+                        const std::vector<OptTensor>& betas, bool init) {
+  accumulate_impl("bn_accumulate_edge", acc, zs, w, ks, means, rstds, gammas, betas, init,
+                  true);
+}
+
+std::vector<std::vector<at::Tensor>> bn_grad_reduce_edge(const at::Tensor& g,
+                                            const std::vector<at::Tensor>& zs,
+                                            const std::vector<OptTensor>& means,
+                                            const std::vector<OptTensor>& rstds,
+                                            const std::vector<OptTensor>& gammas,
+                                            const std::vector<OptTensor>& betas,
+                                            const OptTensor& dw, const std::vector<int64_t>& ks) {
+  return grad_reduce_impl("bn_grad_reduce_edge", g, zs, means, rstds, gammas, betas, dw, ks,
+                          true);
+}
+
+std::vector<at::Tensor> bn_grad_input_edge(
+    const at::Tensor& g, const std::vector<at::Tensor>& zs, const at::Tensor& w,
+    const std::vector<int64_t>& ks, const std::vector<OptTensor>& means,
+    const std::vector<OptTensor>& rstds, const std::vector<OptTensor>& gammas,
+    const std::vector<OptTensor>& sum_gs, const std::vector<OptTensor>& sum_gxs,
+    const std::vector<bool>& batch_stats) {
+  return grad_input_impl("bn_grad_input_edge", g, zs, w, ks, means, rstds, gammas, sum_gs,
+                         sum_gxs, batch_stats, true);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -709,6 +927,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("g"), py::arg("z"), py::arg("w"), py::arg("k"), py::arg("mean"),
         py::arg("rstd"), py::arg("gamma"), py::arg("sum_g"), py::arg("sum_gx"),
         py::arg("batch_stats"));
+  m.def("bn_stats_edge", &fastdarts::bn_stats_edge,
+        "bn_stats of every op output of an edge: ([mean_j], [var_j], [rstd_j])",
+        py::arg("zs"), py::arg("eps"), py::arg("running_means"), py::arg("running_vars"),
+        py::arg("num_batches_tracked"), py::arg("momenta"));
+  m.def("bn_accumulate_edge", &fastdarts::bn_accumulate_edge,
+        "acc (=|+=) sum_j w[k_j] * (gamma_j * (z_j - mean_j) * rstd_j + beta_j), in op order",
+        py::arg("acc"), py::arg("zs"), py::arg("w"), py::arg("ks"), py::arg("means"),
+        py::arg("rstds"), py::arg("gammas"), py::arg("betas"), py::arg("init"));
+  m.def("bn_grad_reduce_edge", &fastdarts::bn_grad_reduce_edge,
+        "bn_grad_reduce of every op of an edge: ([sum g], [sum g * xhat_j])",
+        py::arg("g"), py::arg("zs"), py::arg("means"), py::arg("rstds"), py::arg("gammas"),
+        py::arg("betas"), py::arg("dw"), py::arg("ks"));
+  m.def("bn_grad_input_edge", &fastdarts::bn_grad_input_edge,
+        "bn_grad_input of every op of an edge: one dz per op", py::arg("g"), py::arg("zs"),
+        py::arg("w"), py::arg("ks"), py::arg("means"), py::arg("rstds"), py::arg("gammas"),
+        py::arg("sum_gs"), py::arg("sum_gxs"), py::arg("batch_stats"));
   m.def("partial_combine_fwd", &fastdarts::partial_combine_fwd,
         "out (=|+=) shuffle([m, beta * bypass(x)]): PC-DARTS's partial-channel edge output",
         py::arg("out"), py::arg("m"), py::arg("x"), py::arg("beta"), py::arg("K"),

@@ -1,7 +1,9 @@
 // CUDA twin of the fused mixed-op kernels (formulas in mixed_op.h). Loads and stores in the
-// storage dtype, arithmetic in float, int64 indices. Reductions: one block per (row chunk,
-// channel) writes a partial, a second kernel merges the partials of a channel in chunk
-// order (Chan's formula for the variance): bitwise repeatable, no atomics, no host sync.
+// storage dtype, arithmetic in float, int64 indices. Each launch runs a batch of up to
+// kMaxTailOps ops of one edge (mixed_op.cuh), so an edge's tails cost a handful of launches
+// whatever its op count. Reductions: one block per (row chunk, channel, op) writes a
+// partial, a second kernel merges the partials of a channel in chunk order (Chan's formula
+// for the variance): bitwise repeatable, no atomics, no host sync.
 #include "cuda_dtype.cuh"
 #include "mixed_op.cuh"
 
@@ -44,12 +46,13 @@ __device__ float block_sum(float v, float* shared) {
   return total;
 }
 
-// Block (q, c): mean and M2 of channel c over rows [q*rows_per_chunk, ...).
+// Block (q, c, j): mean and M2 of channel c of op j over rows [q*rows_per_chunk, ...).
 template <typename T>
-__global__ void stats_partial_kernel(const T* __restrict__ z, Layout L, int64_t rows,
-                                     int64_t rows_per_chunk, float* __restrict__ part_mean,
-                                     float* __restrict__ part_m2) {
+__global__ void stats_partial_kernel(const __grid_constant__ BnTailBatch b, Layout L,
+                                     int64_t rows, int64_t rows_per_chunk) {
   __shared__ float shared[kBnThreads];
+  const BnTailParams& t = b.op[blockIdx.z];
+  const T* __restrict__ z = static_cast<const T*>(t.z);
   const int64_t q = blockIdx.x, c = blockIdx.y;
   const int64_t begin = q * rows_per_chunk;
   const int64_t end = chunk_end(begin, rows_per_chunk, rows);
@@ -65,22 +68,22 @@ __global__ void stats_partial_kernel(const T* __restrict__ z, Layout L, int64_t 
   }
   m2 = block_sum(m2, shared);
   if (threadIdx.x == 0) {
+    float* part_mean = static_cast<float*>(t.partials);
     part_mean[q * L.C + c] = mean;
-    part_m2[q * L.C + c] = m2;
+    part_mean[(t.num_chunks + q) * L.C + c] = m2;
   }
 }
 
-// One thread per channel: Chan's parallel merge of the chunk partials, in chunk order.
-__global__ void stats_finalize_kernel(const float* __restrict__ part_mean,
-                                      const float* __restrict__ part_m2, int64_t C,
-                                      int64_t chunks, int64_t rows, int64_t rows_per_chunk,
-                                      float eps, float* __restrict__ mean_out,
-                                      float* __restrict__ var_out, float* __restrict__ rstd_out,
-                                      float* __restrict__ running_mean,
-                                      float* __restrict__ running_var,
-                                      int64_t* __restrict__ num_batches_tracked, float momentum) {
+// Thread (c, j): Chan's parallel merge of the chunk partials of channel c of op j, in chunk
+// order, and nn.BatchNorm2d's running update.
+__global__ void stats_finalize_kernel(const __grid_constant__ BnTailBatch b, int64_t rows,
+                                      int64_t rows_per_chunk) {
+  const BnTailParams& t = b.op[blockIdx.y];
+  const int64_t C = t.C, chunks = t.num_chunks;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
+  const float* part_mean = static_cast<const float*>(t.partials);
+  const float* part_m2 = part_mean + chunks * C;
   float count = 0.f, mean = 0.f, m2 = 0.f;
   for (int64_t q = 0; q < chunks; ++q) {
     const int64_t begin = q * rows_per_chunk;
@@ -95,29 +98,33 @@ __global__ void stats_finalize_kernel(const float* __restrict__ part_mean,
     count = total;
   }
   const float var = m2 / count;
-  mean_out[c] = mean;
-  var_out[c] = var;
-  rstd_out[c] = rsqrtf(var + eps);
-  if (running_mean != nullptr) {  // nn.BatchNorm2d's update, unbiased variance
+  static_cast<float*>(t.out0)[c] = mean;
+  static_cast<float*>(t.out1)[c] = var;
+  static_cast<float*>(t.out2)[c] = rsqrtf(var + static_cast<float>(t.eps));
+  if (t.running_mean != nullptr) {  // nn.BatchNorm2d's update, unbiased variance
+    const float momentum = static_cast<float>(t.momentum);
     const float unbias = static_cast<float>(rows) / fmaxf(static_cast<float>(rows - 1), 1.f);
+    float* running_mean = static_cast<float*>(t.running_mean);
+    float* running_var = static_cast<float*>(t.running_var);
     running_mean[c] = (1.f - momentum) * running_mean[c] + momentum * mean;
     running_var[c] = (1.f - momentum) * running_var[c] + momentum * var * unbias;
   }
-  if (c == 0 && num_batches_tracked != nullptr) *num_batches_tracked += 1;
+  if (c == 0 && t.num_batches_tracked != nullptr) *t.num_batches_tracked += 1;
 }
 
+// Block (q, c, j): sums of g and g * xhat_j of channel c over one row chunk.
 template <typename T>
-__global__ void grad_reduce_partial_kernel(const T* __restrict__ g, const T* __restrict__ z,
-                                           Layout L, int64_t rows, int64_t rows_per_chunk,
-                                           const float* __restrict__ mean,
-                                           const float* __restrict__ rstd,
-                                           float* __restrict__ part_g,
-                                           float* __restrict__ part_gx) {
+__global__ void grad_reduce_partial_kernel(const __grid_constant__ BnTailBatch b, Layout L,
+                                           int64_t rows, int64_t rows_per_chunk) {
   __shared__ float shared[kBnThreads];
+  const BnTailParams& t = b.op[blockIdx.z];
+  const T* __restrict__ g = static_cast<const T*>(t.g);
+  const T* __restrict__ z = static_cast<const T*>(t.z);
   const int64_t q = blockIdx.x, c = blockIdx.y;
   const int64_t begin = q * rows_per_chunk;
   const int64_t end = chunk_end(begin, rows_per_chunk, rows);
-  const float mu = load_or(mean, c, 0.f), rs = load_or(rstd, c, 1.f);
+  const float mu = load_or(static_cast<const float*>(t.mean), c, 0.f);
+  const float rs = load_or(static_cast<const float*>(t.rstd), c, 1.f);
   float sg = 0.f, sgx = 0.f;
   for (int64_t r = begin + threadIdx.x; r < end; r += blockDim.x) {
     const int64_t i = L.offset(r, c);
@@ -128,79 +135,95 @@ __global__ void grad_reduce_partial_kernel(const T* __restrict__ g, const T* __r
   sg = block_sum(sg, shared);
   sgx = block_sum(sgx, shared);
   if (threadIdx.x == 0) {
+    float* part_g = static_cast<float*>(t.partials);
     part_g[q * L.C + c] = sg;
-    part_gx[q * L.C + c] = sgx;
+    part_g[(t.num_chunks + q) * L.C + c] = sgx;
   }
 }
 
-// Merges the chunk partials of each channel in chunk order. With `dw` (launched as one block)
-// it also forms dw[k] = sum_c gamma_c * sum_gx_c + beta_c * sum_g_c: each thread sums its
-// channels in order, then a fixed-shape tree: deterministic.
-__global__ void grad_reduce_finalize_kernel(const float* __restrict__ part_g,
-                                            const float* __restrict__ part_gx, int64_t C,
-                                            int64_t chunks, float* __restrict__ sum_g,
-                                            float* __restrict__ sum_gx,
-                                            const float* __restrict__ gamma,
-                                            const float* __restrict__ beta,
-                                            float* __restrict__ dw, int64_t k) {
+// Blocks (., j) merge the chunk partials of op j's channels in chunk order. With `dw`
+// (launched as one block per op) it also forms dw[k_j] = sum_c gamma_c * sum_gx_c +
+// beta_c * sum_g_c: each thread sums its channels in order, then a fixed-shape tree:
+// deterministic.
+__global__ void grad_reduce_finalize_kernel(const __grid_constant__ BnTailBatch b) {
   __shared__ float shared[kBnThreads];
+  const BnTailParams& t = b.op[blockIdx.y];
+  const int64_t C = t.C, chunks = t.num_chunks;
+  const float* part_g = static_cast<const float*>(t.partials);
+  const float* part_gx = part_g + chunks * C;
+  const float* gamma = static_cast<const float*>(t.gamma);
+  const float* beta = static_cast<const float*>(t.beta);
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   float local_dw = 0.f;
   for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < C;
        c += step) {
-    float a = 0.f, b = 0.f;
+    float a = 0.f, s = 0.f;
     for (int64_t q = 0; q < chunks; ++q) {
       a += part_g[q * C + c];
-      b += part_gx[q * C + c];
+      s += part_gx[q * C + c];
     }
-    sum_g[c] = a;
-    sum_gx[c] = b;
-    local_dw += load_or(gamma, c, 1.f) * b + load_or(beta, c, 0.f) * a;
+    static_cast<float*>(t.out0)[c] = a;
+    static_cast<float*>(t.out1)[c] = s;
+    local_dw += load_or(gamma, c, 1.f) * s + load_or(beta, c, 0.f) * a;
   }
-  if (dw == nullptr) return;  // uniform over the launch
+  if (t.dw == nullptr) return;  // uniform over the launch
   const float total = block_sum(local_dw, shared);
-  if (threadIdx.x == 0) dw[k] = total;
+  if (threadIdx.x == 0) static_cast<float*>(t.dw)[t.k] = total;
 }
 
+// w_k * (gamma_c * (z - mean_c) * rstd_c + beta_c) of op j at element i of channel c.
 template <typename T>
-__global__ void accumulate_kernel(const T* __restrict__ z, float* __restrict__ acc, Layout L,
-                                  int64_t numel, const float* __restrict__ w, int64_t k,
-                                  const float* __restrict__ mean, const float* __restrict__ rstd,
-                                  const float* __restrict__ gamma,
-                                  const float* __restrict__ beta, bool init) {
-  const float wk = w[k];
+__device__ __forceinline__ float tail_term(const BnTailParams& t, int64_t i, int64_t c) {
+  const float wk = static_cast<const float*>(t.w)[t.k];
+  const float* mean = static_cast<const float*>(t.mean);
+  const float scale = wk * load_or(static_cast<const float*>(t.gamma), c, 1.f) *
+                      load_or(static_cast<const float*>(t.rstd), c, 1.f);
+  return (to_float(static_cast<const T*>(t.z)[i]) - load_or(mean, c, 0.f)) * scale +
+         wk * load_or(static_cast<const float*>(t.beta), c, 0.f);
+}
+
+// acc (=|+=) the sum of the batch's terms, added in op order: the same float additions as
+// one launch per op, so the result does not depend on how the ops were batched.
+template <typename T>
+__global__ void accumulate_kernel(const __grid_constant__ BnTailBatch b, Layout L,
+                                  int64_t numel) {
+  float* __restrict__ acc = static_cast<float*>(b.op[0].acc);
+  const bool init = b.op[0].init;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel;
        i += step) {
     const int64_t c = L.channel(i);
-    const float scale = wk * load_or(gamma, c, 1.f) * load_or(rstd, c, 1.f);
-    const float val = (to_float(z[i]) - load_or(mean, c, 0.f)) * scale + wk * load_or(beta, c, 0.f);
-    acc[i] = init ? val : acc[i] + val;
+    float v = tail_term<T>(b.op[0], i, c);
+    if (!init) v = acc[i] + v;
+    for (int j = 1; j < b.n; ++j) v += tail_term<T>(b.op[j], i, c);
+    acc[i] = v;
   }
 }
 
+// dz_j of every op of the batch at element i (g read once).
 template <typename T>
-__global__ void grad_input_kernel(const T* __restrict__ g, const T* __restrict__ z,
-                                  T* __restrict__ dz, Layout L, int64_t numel,
-                                  const float* __restrict__ w, int64_t k,
-                                  const float* __restrict__ mean, const float* __restrict__ rstd,
-                                  const float* __restrict__ gamma,
-                                  const float* __restrict__ sum_g,
-                                  const float* __restrict__ sum_gx, bool centre,
-                                  float inv_count) {
-  const float wk = w[k];
+__global__ void grad_input_kernel(const __grid_constant__ BnTailBatch b, Layout L,
+                                  int64_t numel, float inv_count) {
+  const T* __restrict__ g = static_cast<const T*>(b.op[0].g);
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel;
        i += step) {
     const int64_t c = L.channel(i);
-    const float rs = load_or(rstd, c, 1.f);
-    const float a = wk * load_or(gamma, c, 1.f) * rs;
-    float v = a * to_float(g[i]);
-    if (centre) {
-      const float xhat = (to_float(z[i]) - mean[c]) * rs;
-      v -= a * (sum_g[c] + xhat * sum_gx[c]) * inv_count;
+    const float gv = to_float(g[i]);
+    for (int j = 0; j < b.n; ++j) {
+      const BnTailParams& t = b.op[j];
+      const float* mean = static_cast<const float*>(t.mean);
+      const float rs = load_or(static_cast<const float*>(t.rstd), c, 1.f);
+      const float a = static_cast<const float*>(t.w)[t.k] *
+                      load_or(static_cast<const float*>(t.gamma), c, 1.f) * rs;
+      float v = a * gv;
+      if (t.batch_stats && mean != nullptr) {
+        const float xhat = (to_float(static_cast<const T*>(t.z)[i]) - mean[c]) * rs;
+        v -= a * (static_cast<const float*>(t.sum_g)[c] +
+                  xhat * static_cast<const float*>(t.sum_gx)[c]) * inv_count;
+      }
+      static_cast<T*>(t.dz)[i] = from_float<T>(v);
     }
-    dz[i] = from_float<T>(v);
   }
 }
 
@@ -209,83 +232,71 @@ unsigned elementwise_blocks(int64_t numel) {
   return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 65535 * 8 ? 65535 * 8 : blocks));
 }
 
+unsigned channel_blocks(int64_t C) {
+  return static_cast<unsigned>((C + kBnThreads - 1) / kBnThreads);
+}
+
 int64_t rows_per_chunk(const BnTailParams& p) {
   const int64_t rows = p.N * p.S;
   return (rows + p.num_chunks - 1) / p.num_chunks;
 }
 
+dim3 reduction_grid(const BnTailBatch& b) {
+  return dim3(static_cast<unsigned>(b.op[0].num_chunks), static_cast<unsigned>(b.op[0].C),
+              static_cast<unsigned>(b.n));
+}
+
 template <typename T>
-cudaError_t stats(const BnTailParams& p, cudaStream_t stream) {
-  const Layout L = make_layout(p);
+cudaError_t stats(const BnTailBatch& b, cudaStream_t stream) {
+  const BnTailParams& p = b.op[0];
   const int64_t rows = p.N * p.S, rpc = rows_per_chunk(p);
-  float* part_mean = static_cast<float*>(p.partials);
-  float* part_m2 = part_mean + p.num_chunks * p.C;
-  stats_partial_kernel<T><<<dim3(static_cast<unsigned>(p.num_chunks), static_cast<unsigned>(p.C)),
-                            kBnThreads, 0, stream>>>(static_cast<const T*>(p.z), L, rows, rpc,
-                                                     part_mean, part_m2);
+  stats_partial_kernel<T><<<reduction_grid(b), kBnThreads, 0, stream>>>(b, make_layout(p), rows,
+                                                                         rpc);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  stats_finalize_kernel<<<static_cast<unsigned>((p.C + kBnThreads - 1) / kBnThreads), kBnThreads,
-                          0, stream>>>(part_mean, part_m2, p.C, p.num_chunks, rows, rpc,
-                                       static_cast<float>(p.eps), static_cast<float*>(p.out0),
-                                       static_cast<float*>(p.out1), static_cast<float*>(p.out2),
-                                       static_cast<float*>(p.running_mean),
-                                       static_cast<float*>(p.running_var), p.num_batches_tracked,
-                                       static_cast<float>(p.momentum));
+  stats_finalize_kernel<<<dim3(channel_blocks(p.C), static_cast<unsigned>(b.n)), kBnThreads, 0,
+                          stream>>>(b, rows, rpc);
   return cudaGetLastError();
 }
 
 template <typename T>
-cudaError_t grad_reduce(const BnTailParams& p, cudaStream_t stream) {
-  const Layout L = make_layout(p);
+cudaError_t grad_reduce(const BnTailBatch& b, cudaStream_t stream) {
+  const BnTailParams& p = b.op[0];
   const int64_t rows = p.N * p.S, rpc = rows_per_chunk(p);
-  float* part_g = static_cast<float*>(p.partials);
-  float* part_gx = part_g + p.num_chunks * p.C;
-  grad_reduce_partial_kernel<T>
-      <<<dim3(static_cast<unsigned>(p.num_chunks), static_cast<unsigned>(p.C)), kBnThreads, 0,
-         stream>>>(static_cast<const T*>(p.g), static_cast<const T*>(p.z), L, rows, rpc,
-                   static_cast<const float*>(p.mean), static_cast<const float*>(p.rstd), part_g,
-                   part_gx);
+  grad_reduce_partial_kernel<T><<<reduction_grid(b), kBnThreads, 0, stream>>>(
+      b, make_layout(p), rows, rpc);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  // One block when it also forms dw (a sum over all channels), else one thread per channel.
-  const unsigned blocks =
-      p.dw != nullptr ? 1u : static_cast<unsigned>((p.C + kBnThreads - 1) / kBnThreads);
-  grad_reduce_finalize_kernel<<<blocks, kBnThreads, 0, stream>>>(
-      part_g, part_gx, p.C, p.num_chunks, static_cast<float*>(p.out0),
-      static_cast<float*>(p.out1), static_cast<const float*>(p.gamma),
-      static_cast<const float*>(p.beta), static_cast<float*>(p.dw), p.k);
+  // One block per op when it also forms dw (a sum over all channels), else one thread per
+  // channel. The binding gives every op of a call a dw, or none.
+  const unsigned blocks = p.dw != nullptr ? 1u : channel_blocks(p.C);
+  grad_reduce_finalize_kernel<<<dim3(blocks, static_cast<unsigned>(b.n)), kBnThreads, 0,
+                                stream>>>(b);
   return cudaGetLastError();
 }
 
 template <typename T>
-cudaError_t accumulate(const BnTailParams& p, cudaStream_t stream) {
+cudaError_t accumulate(const BnTailBatch& b, cudaStream_t stream) {
+  const BnTailParams& p = b.op[0];
   const int64_t numel = p.N * p.C * p.S;
   accumulate_kernel<T><<<elementwise_blocks(numel), kBnThreads, 0, stream>>>(
-      static_cast<const T*>(p.z), static_cast<float*>(p.acc), make_layout(p), numel,
-      static_cast<const float*>(p.w), p.k, static_cast<const float*>(p.mean),
-      static_cast<const float*>(p.rstd), static_cast<const float*>(p.gamma),
-      static_cast<const float*>(p.beta), p.init);
+      b, make_layout(p), numel);
   return cudaGetLastError();
 }
 
 template <typename T>
-cudaError_t grad_input(const BnTailParams& p, cudaStream_t stream) {
+cudaError_t grad_input(const BnTailBatch& b, cudaStream_t stream) {
+  const BnTailParams& p = b.op[0];
   const int64_t numel = p.N * p.C * p.S;
-  const bool centre = p.batch_stats && p.mean != nullptr;
   grad_input_kernel<T><<<elementwise_blocks(numel), kBnThreads, 0, stream>>>(
-      static_cast<const T*>(p.g), static_cast<const T*>(p.z), static_cast<T*>(p.dz),
-      make_layout(p), numel, static_cast<const float*>(p.w), p.k,
-      static_cast<const float*>(p.mean), static_cast<const float*>(p.rstd),
-      static_cast<const float*>(p.gamma), static_cast<const float*>(p.sum_g),
-      static_cast<const float*>(p.sum_gx), centre, 1.f / static_cast<float>(p.N * p.S));
+      b, make_layout(p), numel, 1.f / static_cast<float>(p.N * p.S));
   return cudaGetLastError();
 }
 
-template <typename T> struct StatsOp { static cudaError_t run(const BnTailParams& p, cudaStream_t s) { return stats<T>(p, s); } };
-template <typename T> struct AccumulateOp { static cudaError_t run(const BnTailParams& p, cudaStream_t s) { return accumulate<T>(p, s); } };
-template <typename T> struct GradReduceOp { static cudaError_t run(const BnTailParams& p, cudaStream_t s) { return grad_reduce<T>(p, s); } };
-template <typename T> struct GradInputOp { static cudaError_t run(const BnTailParams& p, cudaStream_t s) { return grad_input<T>(p, s); } };
+template <typename T> struct StatsOp { static cudaError_t run(const BnTailBatch& b, cudaStream_t s) { return stats<T>(b, s); } };
+template <typename T> struct AccumulateOp { static cudaError_t run(const BnTailBatch& b, cudaStream_t s) { return accumulate<T>(b, s); } };
+template <typename T> struct GradReduceOp { static cudaError_t run(const BnTailBatch& b, cudaStream_t s) { return grad_reduce<T>(b, s); } };
+template <typename T> struct GradInputOp { static cudaError_t run(const BnTailBatch& b, cudaStream_t s) { return grad_input<T>(b, s); } };
 
 }  // namespace
 
@@ -295,9 +306,9 @@ int64_t bn_num_chunks(int64_t rows) {
   return chunks < 1 ? 1 : (chunks > 512 ? 512 : chunks);
 }
 
-cudaError_t launch_bn_stats(const BnTailParams& p, cudaStream_t s) { return dispatch_dtype<StatsOp>(p, s); }
-cudaError_t launch_bn_accumulate(const BnTailParams& p, cudaStream_t s) { return dispatch_dtype<AccumulateOp>(p, s); }
-cudaError_t launch_bn_grad_reduce(const BnTailParams& p, cudaStream_t s) { return dispatch_dtype<GradReduceOp>(p, s); }
-cudaError_t launch_bn_grad_input(const BnTailParams& p, cudaStream_t s) { return dispatch_dtype<GradInputOp>(p, s); }
+cudaError_t launch_bn_stats(const BnTailBatch& b, cudaStream_t s) { return dispatch_dtype<StatsOp>(b, s); }
+cudaError_t launch_bn_accumulate(const BnTailBatch& b, cudaStream_t s) { return dispatch_dtype<AccumulateOp>(b, s); }
+cudaError_t launch_bn_grad_reduce(const BnTailBatch& b, cudaStream_t s) { return dispatch_dtype<GradReduceOp>(b, s); }
+cudaError_t launch_bn_grad_input(const BnTailBatch& b, cudaStream_t s) { return dispatch_dtype<GradInputOp>(b, s); }
 
 }  // namespace fastdarts

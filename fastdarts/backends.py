@@ -21,9 +21,12 @@ import warnings
 import torch
 
 from . import _ext
-from .reference import (bn_accumulate_ref, depthwise_conv_bwd_ref, hvp_combine_ref,
-                        hvp_perturb_ref, hvp_sq_norm_ref, hvp_virtual_step_ref, bn_grad_input_ref, bn_grad_reduce_ref, bn_stats_ref,
-                        partial_combine_bwd_ref, partial_combine_fwd_ref, weighted_sum_ref)
+from .reference import (bn_accumulate_edge_ref, bn_accumulate_ref, bn_grad_input_edge_ref,
+                        bn_grad_input_ref, bn_grad_reduce_edge_ref, bn_grad_reduce_ref,
+                        bn_stats_edge_ref, bn_stats_ref, depthwise_conv_bwd_ref,
+                        hvp_combine_ref, hvp_perturb_ref, hvp_sq_norm_ref,
+                        hvp_virtual_step_ref, partial_combine_bwd_ref, partial_combine_fwd_ref,
+                        weighted_sum_ref)
 
 __all__ = ["Backend", "BACKENDS", "select_backend", "backend_report", "ENV_VAR"]
 
@@ -100,6 +103,29 @@ class Backend:
         """-> dz through the BN tail (batch or fixed statistics)."""
         raise NotImplementedError
 
+    # The same for every op of an edge in one call (lists with one entry per op, all z of
+    # one shape, layout and dtype): on CUDA one launch set per 8 ops instead of per op.
+    # Results equal the per-op calls in op order (fastdarts.reference's `*_edge_ref`).
+    @staticmethod
+    def bn_stats_edge(zs, eps, running_means, running_vars, num_batches_tracked, momenta):
+        """-> ([mean_j], [var_j], [rstd_j]), (C,) per op."""
+        raise NotImplementedError
+
+    @staticmethod
+    def bn_accumulate_edge(acc, zs, w, ks, means, rstds, gammas, betas, init):
+        """acc (=|+=) sum_j w[k_j] * (gamma_j * (z_j - mean_j) * rstd_j + beta_j)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def bn_grad_reduce_edge(g, zs, means, rstds, gammas, betas, dw, ks):
+        """-> ([sum g], [sum g * xhat_j]), (C,) per op; with `dw` also every dw[k_j]."""
+        raise NotImplementedError
+
+    @staticmethod
+    def bn_grad_input_edge(g, zs, w, ks, means, rstds, gammas, sum_gs, sum_gxs, batch_stats):
+        """-> [dz_j]."""
+        raise NotImplementedError
+
     # Partial-channel combine (csrc/partial_channel.h). x dense (NCHW or channels_last);
     # beta a 0-dim tensor in the accumulation dtype or None (1).
     @staticmethod
@@ -161,6 +187,10 @@ class ReferenceBackend(Backend):
     bn_accumulate = staticmethod(bn_accumulate_ref)
     bn_grad_reduce = staticmethod(bn_grad_reduce_ref)
     bn_grad_input = staticmethod(bn_grad_input_ref)
+    bn_stats_edge = staticmethod(bn_stats_edge_ref)
+    bn_accumulate_edge = staticmethod(bn_accumulate_edge_ref)
+    bn_grad_reduce_edge = staticmethod(bn_grad_reduce_edge_ref)
+    bn_grad_input_edge = staticmethod(bn_grad_input_edge_ref)
     partial_combine_fwd = staticmethod(partial_combine_fwd_ref)
     partial_combine_bwd = staticmethod(partial_combine_bwd_ref)
     hvp_virtual_step = staticmethod(hvp_virtual_step_ref)
@@ -207,6 +237,24 @@ class CpuBackend(Backend):
     @staticmethod
     def bn_grad_input(g, z, w, k, mean, rstd, gamma, sum_g, sum_gx, batch_stats):
         return _ext.C.bn_grad_input(g, z, w, k, mean, rstd, gamma, sum_g, sum_gx, batch_stats)
+
+    @staticmethod
+    def bn_stats_edge(zs, eps, running_means, running_vars, num_batches_tracked, momenta):
+        return tuple(_ext.C.bn_stats_edge(zs, eps, running_means, running_vars,
+                                          num_batches_tracked, momenta))
+
+    @staticmethod
+    def bn_accumulate_edge(acc, zs, w, ks, means, rstds, gammas, betas, init):
+        _ext.C.bn_accumulate_edge(acc, zs, w, ks, means, rstds, gammas, betas, init)
+
+    @staticmethod
+    def bn_grad_reduce_edge(g, zs, means, rstds, gammas, betas, dw, ks):
+        return tuple(_ext.C.bn_grad_reduce_edge(g, zs, means, rstds, gammas, betas, dw, ks))
+
+    @staticmethod
+    def bn_grad_input_edge(g, zs, w, ks, means, rstds, gammas, sum_gs, sum_gxs, batch_stats):
+        return _ext.C.bn_grad_input_edge(g, zs, w, ks, means, rstds, gammas, sum_gs, sum_gxs,
+                                         batch_stats)
 
     @staticmethod
     def partial_combine_fwd(out, m, x, beta, K, stride, accumulate):
@@ -312,6 +360,32 @@ class TritonBackend(Backend):
     def bn_grad_input(g, z, w, k, mean, rstd, gamma, sum_g, sum_gx, batch_stats):
         from fastdarts.kernels.mixed_op import bn_grad_input
         return bn_grad_input(g, z, w, k, mean, rstd, gamma, sum_g, sum_gx, batch_stats)
+
+    # No edge kernels in Triton yet: each op runs its own kernels, in op order (`auto`
+    # picks the CUDA backend on GPUs, whose edge kernels batch the ops).
+    @staticmethod
+    def bn_stats_edge(zs, eps, running_means, running_vars, num_batches_tracked, momenta):
+        from fastdarts.kernels.mixed_op import bn_stats
+        return bn_stats_edge_ref(zs, eps, running_means, running_vars, num_batches_tracked,
+                                 momenta, op=bn_stats)
+
+    @staticmethod
+    def bn_accumulate_edge(acc, zs, w, ks, means, rstds, gammas, betas, init):
+        from fastdarts.kernels.mixed_op import bn_accumulate
+        bn_accumulate_edge_ref(acc, zs, w, ks, means, rstds, gammas, betas, init,
+                               op=bn_accumulate)
+
+    @staticmethod
+    def bn_grad_reduce_edge(g, zs, means, rstds, gammas, betas, dw, ks):
+        from fastdarts.kernels.mixed_op import bn_grad_reduce
+        return bn_grad_reduce_edge_ref(g, zs, means, rstds, gammas, betas, dw, ks,
+                                       op=bn_grad_reduce)
+
+    @staticmethod
+    def bn_grad_input_edge(g, zs, w, ks, means, rstds, gammas, sum_gs, sum_gxs, batch_stats):
+        from fastdarts.kernels.mixed_op import bn_grad_input
+        return bn_grad_input_edge_ref(g, zs, w, ks, means, rstds, gammas, sum_gs, sum_gxs,
+                                      batch_stats, op=bn_grad_input)
 
     @staticmethod
     def partial_combine_fwd(out, m, x, beta, K, stride, accumulate):

@@ -4,10 +4,12 @@ Each candidate op of an edge is split into a *body* and a *tail* (its final Batc
 nothing) by `fastdarts.plans`, which reads an existing `_ops` ModuleList; no module is
 replaced, so parameters, buffers and `state_dict` keys stay as they were. The tails, the
 weighted sum and their backward (per-channel sums of `g` and `g * xhat`, `dw_k`, `dz_k`) run
-in the kernels of `fastdarts.backends`. Memory modes (DESIGN.md §3):
+in the kernels of `fastdarts.backends`, every op of an edge in one call per kernel (the
+`*_edge` kernels: on CUDA a handful of launches per edge, whatever its op count; at search
+sizes the GPU step is bound by the host's launches). Memory modes (DESIGN.md §3):
 
-* ``low``: the forward runs the bodies without a graph, one op at a time, and keeps only
-  `x`, the weights and the BN statistics; the backward recomputes one body at a time.
+* ``low``: the forward runs the bodies without a graph and keeps only `x`, the weights and
+  the BN statistics; the backward recomputes one body at a time.
   Inside a cell recomputed by `fastdarts.recompute` the edge runs as ``fast`` with every
   body keeping its graph (the cell already keeps nothing, and the recompute is short-lived)
   and normalises with the tail statistics of the cell's first pass (`StatsTape`), which
@@ -75,25 +77,61 @@ class TailStats:
     batch: bool          # normalised with batch statistics (train mode or untracked)
 
 
-def _tail_stats(be, bn: _BatchNorm, z: torch.Tensor, acc) -> TailStats:
-    """Statistics the BN tail normalises with; updates running statistics like nn.BatchNorm2d
-    (not while a recompute has frozen them: `track_running_stats` is then off)."""
-    # Buffers read from the dict: a module attribute lookup per buffer costs more host time
-    # than the statistics kernel at search sizes (this runs for every op of every edge).
-    buffers = bn._buffers
-    rm, rv = buffers.get("running_mean"), buffers.get("running_var")
-    if not (bn.training or rm is None):
-        return TailStats(rm.to(acc), torch.rsqrt(rv.to(acc) + bn.eps), False)
-    updates = bn.training and bn.track_running_stats and rm is not None
-    nbt = buffers.get("num_batches_tracked")
-    if updates and bn.momentum is not None and _kernel_buffers(rm, rv, nbt, acc):
-        # The kernel updates the running statistics in the same pass (no extra launches).
-        mean, _, rstd = be.bn_stats(z, bn.eps, rm, rv, nbt, bn.momentum)
-        return TailStats(mean, rstd, True)
-    mean, var, rstd = be.bn_stats(z, bn.eps)
-    if updates:
-        running_stats_update_ref(rm, rv, nbt, mean, var, z.numel() // z.shape[1], bn.momentum)
-    return TailStats(mean, rstd, True)
+def _split_by_dtype(terms: list) -> list[list]:
+    """`terms` (tuples whose second item is an op output z) as runs of one dtype each, for
+    the edge kernels, which take one dtype per call: `[terms]` itself in the common case.
+    (Under autocast an identity's fp32 input can meet bf16 conv outputs.)"""
+    if terms:
+        dtype = terms[0][1].dtype
+        for t in terms:
+            if t[1].dtype != dtype:
+                groups: dict = {}
+                for u in terms:
+                    groups.setdefault(u[1].dtype, []).append(u)
+                return list(groups.values())
+    return [terms]
+
+
+def _tails_stats(be, pending: list, stats: list, acc) -> None:
+    """Writes stats[k] for each BN tail in `pending` [(plan, z_k)]: the statistics it
+    normalises with, those of the batch reduced for all of them in one kernel call. Running
+    statistics are updated like nn.BatchNorm2d (not while a recompute has frozen them:
+    `track_running_stats` is then off)."""
+    parts = _split_by_dtype(pending)
+    if len(parts) > 1:
+        for part in parts:
+            _tails_stats(be, part, stats, acc)
+        return
+    batch, zs, eps, rms, rvs, nbts, momenta, by_hand = [], [], [], [], [], [], [], []
+    for p, z in pending:
+        bn = p.tail
+        # Buffers read from the dict: a module attribute lookup per buffer costs more host
+        # time than a kernel call at search sizes (this runs for every op of every edge).
+        buffers = bn._buffers
+        rm, rv = buffers.get("running_mean"), buffers.get("running_var")
+        if not (bn.training or rm is None):
+            stats[p.index] = TailStats(rm.to(acc), torch.rsqrt(rv.to(acc) + bn.eps), False)
+            continue
+        batch.append(p)
+        zs.append(z)
+        eps.append(bn.eps)
+        if bn.track_running_stats and rm is not None:
+            nbt = buffers.get("num_batches_tracked")
+            if bn.momentum is not None and _kernel_buffers(rm, rv, nbt, acc):
+                # The kernel updates them in the same pass (no extra launches).
+                rms.append(rm), rvs.append(rv), nbts.append(nbt), momenta.append(bn.momentum)
+                continue
+            by_hand.append((len(zs) - 1, bn, (rm, rv, nbt)))  # the reference does, after it
+        rms.append(None), rvs.append(None), nbts.append(None), momenta.append(0.0)
+    if not batch:
+        return
+    means, variances, rstds = be.bn_stats_edge(zs, eps, rms, rvs, nbts, momenta)
+    for p, m, r in zip(batch, means, rstds):
+        stats[p.index] = TailStats(m, r, True)
+    for j, bn, buffers in by_hand:
+        z = zs[j]
+        running_stats_update_ref(*buffers, means[j], variances[j], z.numel() // z.shape[1],
+                                 bn.momentum)
 
 
 def _kernel_buffers(rm, rv, nbt, acc) -> bool:
@@ -143,15 +181,22 @@ class _Edge:
         z = p.rest(r) if (p.relu_first and r is not None) else p.body(x)
         return _as(z, self.fmt)
 
-    def accumulate(self, acc_buf, z, w, p: OpPlan, stats: Optional[TailStats]):
-        gamma, beta = _affine(p.tail, self.acc)
-        init = acc_buf is None
-        if init:
-            acc_buf = torch.empty(z.shape, device=z.device, dtype=self.acc,
-                                  memory_format=self.fmt)
-        self.be.bn_accumulate(acc_buf, z, w, p.index, None if stats is None else stats.mean,
-                              None if stats is None else stats.rstd, gamma, beta, init)
-        return acc_buf
+    def accumulate(self, acc_buf, terms, w, stats, init: bool = True) -> None:
+        """acc_buf (=|+=) sum_k w_k * tail_k(z_k) over `terms` [(plan, z_k)], in one kernel
+        call (one per dtype)."""
+        parts = _split_by_dtype(terms)
+        if len(parts) > 1:
+            for n, part in enumerate(parts):
+                self.accumulate(acc_buf, part, w, stats, init and n == 0)
+            return
+        zs, ks, means, rstds, gammas, betas = [], [], [], [], [], []
+        for p, z in terms:
+            st = stats[p.index]
+            gamma, beta = _affine(p.tail, self.acc)
+            zs.append(z), ks.append(p.index), gammas.append(gamma), betas.append(beta)
+            means.append(None if st is None else st.mean)
+            rstds.append(None if st is None else st.rstd)
+        self.be.bn_accumulate_edge(acc_buf, zs, w, ks, means, rstds, gammas, betas, init)
 
     def finish(self, acc_buf, x, out_dtype):
         if acc_buf is None:  # every op is `none`: the original returns zeros of its shape
@@ -163,23 +208,53 @@ class _Edge:
         """The (K,) buffer the backward kernels write each dw_k into (skipped ops keep 0)."""
         return torch.zeros(self.K, device=x.device, dtype=self.acc) if needed else None
 
+    def tails_backward(self, g, terms, w, dW: Optional[torch.Tensor]) -> dict:
+        """Backward of the tails and the weighted sum for `terms` [(plan, z_k, tail
+        statistics or None, need_dz)], given g = dL/dout: -> {k: (dz_k or None, dgamma_k,
+        dbeta_k)}; writes each dW[k]. One reduction and one input-gradient kernel call for
+        all of them (per dtype)."""
+        parts = _split_by_dtype(terms)
+        if len(parts) > 1:
+            out = {}
+            for part in parts:
+                out.update(self.tails_backward(g, part, w, dW))
+            return out
+        if not terms:
+            return {}
+        zs, ks, means, rstds, gammas, betas, batch, need = [], [], [], [], [], [], [], []
+        for j, (p, z, st, need_dz) in enumerate(terms):
+            gamma, beta = _affine(p.tail, self.acc)
+            zs.append(z), ks.append(p.index), gammas.append(gamma), betas.append(beta)
+            means.append(None if st is None else st.mean)
+            rstds.append(None if st is None else st.rstd)
+            batch.append(st is not None and st.batch)
+            if need_dz:
+                need.append(j)
+        gz = g if g.dtype == zs[0].dtype else g.to(zs[0].dtype)
+        sum_g, sum_gx = self.be.bn_grad_reduce_edge(gz, zs, means, rstds, gammas, betas, dW, ks)
+        dzs = [None] * len(terms)
+        if len(need) == len(terms):
+            dzs = self.be.bn_grad_input_edge(gz, zs, w, ks, means, rstds, gammas, sum_g,
+                                             sum_gx, batch)
+        elif need:
+            def sub(values):
+                return [values[j] for j in need]
+            got = self.be.bn_grad_input_edge(gz, sub(zs), w, sub(ks), sub(means), sub(rstds),
+                                             sub(gammas), sub(sum_g), sub(sum_gx), sub(batch))
+            for j, dz in zip(need, got):
+                dzs[j] = dz
+        out = {}
+        for j, k in enumerate(ks):
+            dgamma = dbeta = None
+            if betas[j] is not None:
+                dgamma, dbeta = w[k] * sum_gx[j], w[k] * sum_g[j]
+            out[k] = (dzs[j], dgamma, dbeta)
+        return out
+
     def op_backward(self, g, z, w, p: OpPlan, stats: Optional[TailStats], need_dz: bool,
                     dW: Optional[torch.Tensor]):
-        """-> (dz or None, dgamma, dbeta) for one op given g = dL/dout; writes dW[k] (the
-        kernel forms it from its channel sums in the same call)."""
-        g = g if g.dtype == z.dtype else g.to(z.dtype)
-        mean = None if stats is None else stats.mean
-        rstd = None if stats is None else stats.rstd
-        gamma, beta = _affine(p.tail, self.acc)
-        sum_g, sum_gx = self.be.bn_grad_reduce(g, z, mean, rstd, gamma, beta, dW, p.index)
-        dgamma = dbeta = None
-        if beta is not None:
-            dgamma, dbeta = w[p.index] * sum_gx, w[p.index] * sum_g
-        dz = None
-        if need_dz:
-            dz = self.be.bn_grad_input(g, z, w, p.index, mean, rstd, gamma, sum_g, sum_gx,
-                                       stats is not None and stats.batch)
-        return dz, dgamma, dbeta
+        """`tails_backward` of one op: -> (dz or None, dgamma, dbeta)."""
+        return self.tails_backward(g, [(p, z, stats, need_dz)], w, dW)[p.index]
 
 
 def _check_inputs(owner, x, weights):
@@ -207,38 +282,41 @@ def _reusable(st: Optional[TailStats], bn: _BatchNorm) -> bool:
 
 
 def _accumulate_edge(edge: _Edge, x, w_acc, z_of: Callable, known=None, values=True):
-    """`sum_k w_k * tail_k(z_k)` one op at a time, `z_of(plan)` giving each body output;
-    `known`: per-op statistics from the first pass of a recomputed block, used instead of
-    reducing z_k again. `values=False`: the output's value will never be read (see
-    `fastdarts.recompute.values_unread`): only the statistics are formed and the output is
-    left unwritten. -> (out, tail statistics per op)."""
-    acc_buf, stats, out_dtype, shape = None, [None] * edge.K, x.dtype, None
-    for p in edge.active:
-        if p.kind == "identity":
-            z, st = x, None
-        else:
-            z = z_of(p)
-            st = None
-            if p.tail is not None:
-                st = known[p.index] if known is not None else None
-                if not _reusable(st, p.tail):
-                    st = _tail_stats(edge.be, p.tail, z, edge.acc)
-            if z.dtype != out_dtype:  # (a dispatcher call each time otherwise)
-                out_dtype = torch.promote_types(out_dtype, z.dtype)
-        if values:
-            acc_buf = edge.accumulate(acc_buf, z, w_acc, p, st)
-        elif shape is None:
-            shape = z.shape
-        stats[p.index] = st
-        del z
-    if shape is not None:
+    """`sum_k w_k * tail_k(z_k)`, `z_of(plan)` giving each body output; the statistics of
+    all tails, then the sum, each in one kernel call. `known`: per-op statistics from the
+    first pass of a recomputed block, used instead of reducing z_k again. `values=False`:
+    the output's value will never be read (see `fastdarts.recompute.values_unread`): only
+    the statistics are formed and the output is left unwritten. -> (out, tail statistics
+    per op)."""
+    terms = [(p, x if p.kind == "identity" else z_of(p)) for p in edge.active]
+    stats: list = [None] * edge.K
+    pending = []
+    out_dtype = x.dtype
+    for p, z in terms:
+        if z.dtype != out_dtype:  # (a dispatcher call each time otherwise)
+            out_dtype = torch.promote_types(out_dtype, z.dtype)
+        if p.tail is not None:
+            st = known[p.index] if known is not None else None
+            if _reusable(st, p.tail):
+                stats[p.index] = st
+            else:
+                pending.append((p, z))
+    if pending:
+        _tails_stats(edge.be, pending, stats, edge.acc)
+    if not terms:  # every op is `none`
+        return edge.finish(None, x, out_dtype), stats
+    shape = terms[0][1].shape
+    if not values:
         return torch.empty(shape, device=x.device, dtype=out_dtype,
                            memory_format=edge.fmt), stats
+    acc_buf = torch.empty(shape, device=x.device, dtype=edge.acc, memory_format=edge.fmt)
+    edge.accumulate(acc_buf, terms, w_acc, stats)
     return edge.finish(acc_buf, x, out_dtype), stats
 
 
 def _forward_nograd(edge: _Edge, x, w_acc):
-    """Run the edge without a graph, computing and dropping one body output at a time."""
+    """Run the edge without a graph. Its body outputs live until the sum is formed (the edge
+    kernels read them in one call each), and are dropped then."""
     x = _as(x, edge.fmt)
     r = F.relu(x) if edge.share_relu else None
     return _accumulate_edge(edge, x, w_acc, lambda p: edge.body_output(p, x, r))
@@ -331,22 +409,31 @@ class _FusedEdgeFunction(torch.autograd.Function):
         dx = dr = r = None
         d_given, d_inside, daff = [], [], []
         dW = edge.new_weight_grads(x, needs[3])
+        # Which z_k need a gradient, then every tail's backward in one batched call.
+        terms, need_ps = [], {}
         zi = iter(zs)
         offset = 0
         for p in edge.active:
             if p.kind == "identity":
-                dx = _add(dx, _identity_backward(edge, g, x, w_acc, p, need_x, dW))
+                if dW is not None:  # its reduction gives dW[k]; dx gets w_k * g below
+                    terms.append((p, x, None, False))
                 continue
-            z = next(zi)
             if p.index in kept:
                 n = len(p.segment_params)
-                need_p = need_params[offset:offset + n]
+                need_p = need_ps[p.index] = need_params[offset:offset + n]
                 offset += n
                 need_dz = need_x or any(need_p)
             else:
                 need_dz = next(need_given)
-            dz, dgamma, dbeta = edge.op_backward(g, z, w_acc, p, stats[p.index], need_dz, dW)
+            terms.append((p, next(zi), stats[p.index], need_dz))
+        results = edge.tails_backward(g, terms, w_acc, dW)
+        for p in edge.active:
+            if p.kind == "identity":
+                dx = _add(dx, _identity_backward(edge, g, x, w_acc, p, need_x, None))
+                continue
+            dz, dgamma, dbeta = results[p.index]
             if p.index in kept:
+                need_p = need_ps[p.index]
                 if p.relu_first and r is None:
                     r = F.relu(x)
                 grads = [None] * len(need_p)

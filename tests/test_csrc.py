@@ -37,3 +37,35 @@ def test_nvcc_compiles(path, tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / (path.stem + ".o")).stat().st_size > 0
+
+
+def _nvcc_includes() -> list[str]:
+    """The -I flags nvcc gives its own compiles (where cuda_runtime.h lives)."""
+    out = subprocess.run(["nvcc", "--dryrun", "-x", "cu", "-c", "/dev/null", "-o", "/dev/null"],
+                         capture_output=True, text=True, timeout=120).stderr
+    return [f for line in out.splitlines() if "INCLUDES=" in line
+            for f in re.findall(r'"(-I[^"]+)"', line)]
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None or shutil.which("c++") is None,
+                    reason="nvcc or c++ is not on PATH")
+def test_bindings_compile_with_the_cuda_glue(tmp_path):
+    """bindings.cpp as the CUDA build compiles it (FASTDARTS_WITH_CUDA: CUDA guards, streams,
+    the batched tail launches), checked for syntax and types against this machine's torch
+    headers. A CPU-only torch wheel lacks one generated c10/cuda header, which holds only
+    build macros; an empty stand-in takes its place."""
+    from torch.utils import cpp_extension
+
+    torch_includes = [f"-I{p}" for p in cpp_extension.include_paths()]
+    generated = "c10/cuda/impl/cuda_cmake_macros.h"
+    if not any((Path(p[2:]) / generated).exists() for p in torch_includes):
+        (tmp_path / generated).parent.mkdir(parents=True)
+        (tmp_path / generated).write_text("#pragma once\n")
+        torch_includes.append(f"-I{tmp_path}")
+    import sysconfig
+    cmd = ["c++", "-std=c++17", "-fsyntax-only", "-DFASTDARTS_WITH_CUDA",
+           "-DTORCH_EXTENSION_NAME=_C", *torch_includes, *_nvcc_includes(),
+           f"-I{sysconfig.get_paths()['include']}", f"-I{CSRC}", str(CSRC / "bindings.cpp")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert result.returncode == 0 and not errors, "\n".join(errors or [result.stderr[-3000:]])

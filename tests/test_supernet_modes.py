@@ -186,13 +186,18 @@ def _tail_ops(model):
 def test_low_reduces_each_tail_once_per_step(space):
     """The cell recompute takes the BN-tail statistics of the forward pass from the block's
     StatsTape (node-wise DARTS cells, whole-cell NB201 and noisy S4 cells) instead of
-    reducing the recomputed op outputs again: one statistics call per tail op and step."""
+    reducing the recomputed op outputs again: one statistics reduction per tail op and step,
+    all of an edge's in one call."""
+    from fastdarts.mixed import FusedMixedOp
     torch.manual_seed(0)
     model = build_supernet(space, 5, C=4, layers=3 if space != "nb201" else 1, memory="low")
     x, y = torch.randn(2, 3, 8, 8), torch.tensor([0, 1])
     with kernel_calls(include_reference=True) as calls:
         _step(model, x, y)
-    assert calls["bn_stats"] == _tail_ops(model) > 0
+    assert calls.ops["bn_stats"] == _tail_ops(model) > 0
+    edges_with_tails = sum(1 for m in model.modules() if isinstance(m, FusedMixedOp)
+                           and _tail_ops(m) > 0)
+    assert calls["bn_stats_edge"] == edges_with_tails and "bn_stats" not in calls
 
 
 def _active_ops(modules):
@@ -230,7 +235,7 @@ def test_replays_skip_the_edge_outputs_they_never_read(space):
     if space == "nb201":
         assert 0 < output_node < active
     replayed = {"darts": 0, "s3": 0, "nb201": active - output_node, "s4": active}[space]
-    assert calls["bn_accumulate"] == active + replayed
+    assert calls.ops["bn_accumulate"] == active + replayed
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
     for a, b in zip(got[1], want[1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -280,7 +285,7 @@ def test_edge_run_twice_in_a_block_reduces_its_statistics_again():
         out = recompute(edge, twice(edge), x, w)
         got = torch.autograd.grad(out, [x, w, *edge.parameters()], g, allow_unused=True)
     tails = _tail_ops(edge)
-    assert calls["bn_stats"] == 2 * tails + 2 * tails  # forward twice, recompute twice
+    assert calls.ops["bn_stats"] == 2 * tails + 2 * tails  # forward twice, recompute twice
     want_out = twice(plain)(x, w)
     want = torch.autograd.grad(want_out, [x, w, *plain.parameters()], g, allow_unused=True)
     assert torch.allclose(out, want_out, rtol=1e-10, atol=1e-12)

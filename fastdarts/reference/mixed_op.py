@@ -2,7 +2,10 @@
 
 `mixed_op_ref` is the whole edge as the original DARTS code computes it; the `bn_*_ref`
 functions are the per-op kernel primitives, with the same signatures as the backends'. They
-compute in the accumulation dtype (fp32, fp64 for fp64) and are what the tests trust.
+compute in the accumulation dtype (fp32, fp64 for fp64) and are what the tests trust. The
+`bn_*_edge_ref` functions run every op of an edge in one call, as one launch set of the CUDA
+kernels does: by definition the per-op primitive applied to each op in order (`op=` picks
+the primitive, so a backend without edge kernels loops over its own).
 """
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ import torch
 from torch import nn
 
 __all__ = ["mixed_op_ref", "bn_stats_ref", "running_stats_update_ref", "bn_accumulate_ref",
-           "bn_grad_reduce_ref", "bn_grad_input_ref", "acc_dtype"]
+           "bn_grad_reduce_ref", "bn_grad_input_ref", "bn_stats_edge_ref",
+           "bn_accumulate_edge_ref", "bn_grad_reduce_edge_ref", "bn_grad_input_edge_ref",
+           "acc_dtype"]
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -100,6 +105,35 @@ def bn_grad_input_ref(g, z, w, k, mean, rstd, gamma, sum_g, sum_gx, batch_stats)
         count = g.numel() // g.shape[1]
         dz = dz - _c(a) * (_c(sum_g) + _xhat(z, mean, rstd) * _c(sum_gx)) / count
     return dz.to(g.dtype).contiguous(memory_format=_format_of(z))
+
+
+def bn_stats_edge_ref(zs, eps, running_means, running_vars, num_batches_tracked, momenta,
+                      op=bn_stats_ref):
+    """-> ([mean_j], [var_j], [rstd_j]): (C,) per op."""
+    rows = [op(*args) for args in zip(zs, eps, running_means, running_vars, num_batches_tracked,
+                                      momenta)]
+    return tuple(list(r) for r in zip(*rows))
+
+
+def bn_accumulate_edge_ref(acc, zs, w, ks, means, rstds, gammas, betas, init,
+                           op=bn_accumulate_ref):
+    """acc (=|+=) the sum of every op's term, added in op order."""
+    for j, args in enumerate(zip(zs, ks, means, rstds, gammas, betas)):
+        z, k, mean, rstd, gamma, beta = args
+        op(acc, z, w, k, mean, rstd, gamma, beta, init and j == 0)
+
+
+def bn_grad_reduce_edge_ref(g, zs, means, rstds, gammas, betas, dw, ks, op=bn_grad_reduce_ref):
+    """-> ([sum g], [sum g * xhat_j]): (C,) per op; with `dw` also every dw[k_j]."""
+    rows = [op(g, *args, dw, k) for *args, k in zip(zs, means, rstds, gammas, betas, ks)]
+    return tuple(list(r) for r in zip(*rows))
+
+
+def bn_grad_input_edge_ref(g, zs, w, ks, means, rstds, gammas, sum_gs, sum_gxs, batch_stats,
+                           op=bn_grad_input_ref):
+    """-> [dz_j] in op order."""
+    return [op(g, z, w, k, *args) for z, k, *args in
+            zip(zs, ks, means, rstds, gammas, sum_gs, sum_gxs, batch_stats)]
 
 
 def _format_of(t: torch.Tensor):
