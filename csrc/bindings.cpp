@@ -181,6 +181,22 @@ void run_kernel(const char* fn, const at::Tensor& t, const Params& p, Cpu cpu, C
   }
 }
 
+// An argument's name in errors, formed only when one is raised (these checks run for every op
+// of every edge): `single` in a one-op call, `list[term]` in an edge call.
+struct ArgName {
+  const char* single;
+  const char* list = nullptr;
+  int64_t term = -1;
+  ArgName(const char* name) : single(name) {}  // NOLINT(runtime/explicit): a plain name
+  ArgName(const char* single_, const char* list_, int64_t term_)
+      : single(single_), list(list_), term(term_) {}
+  std::string str() const {
+    return term < 0 ? std::string(single) : std::string(list) + "[" + std::to_string(term) + "]";
+  }
+};
+
+std::ostream& operator<<(std::ostream& out, const ArgName& name) { return out << name.str(); }
+
 // One op of a tail call. The one-op functions (bn_stats, ...) make one; the edge functions
 // (bn_stats_edge, ...) one per op of their lists, all with zs[0]'s shape, layout, dtype and
 // device, and their errors name the list entry (`means[2]`).
@@ -193,23 +209,26 @@ struct TailCall {
 
   TailCall(const char* fn_, const at::Tensor& z_, int64_t term_ = -1)
       : fn(fn_), z(z_), term(term_) {
-    const std::string zn = arg("z", "zs");
-    FD_CHECK_ARG(z.dim() == 4, fn, zn.c_str(), "must be 4-D (N, C, H, W); got shape ",
-                 shape_str(z));
+    FD_CHECK_ARG(z.dim() == 4, fn, arg("z", "zs").str().c_str(),
+                 "must be 4-D (N, C, H, W); got shape ", shape_str(z));
     if (z.is_contiguous()) {
       channels_last = false;
     } else if (z.is_contiguous(at::MemoryFormat::ChannelsLast)) {
       channels_last = true;
     } else {
-      throw_bad_argument(fn, zn.c_str(), "must be contiguous in NCHW or channels_last order");
+      throw_bad_argument(fn, arg("z", "zs").str().c_str(),
+                         "must be contiguous in NCHW or channels_last order");
     }
-    p.dtype = to_dtype(z, fn, zn.c_str());
+    const at::ScalarType st = z.scalar_type();
+    const bool known = st == at::kFloat || st == at::kHalf || st == at::kBFloat16 ||
+                       st == at::kDouble;
+    p.dtype = to_dtype(z, fn, known ? "z" : arg("z", "zs").str().c_str());
     if (z.is_cuda()) {
-      FD_CHECK_ARG(p.dtype != DType::kFloat64, fn, zn.c_str(),
+      FD_CHECK_ARG(p.dtype != DType::kFloat64, fn, arg("z", "zs").str().c_str(),
                    "float64 is not supported on CUDA");
     } else {
-      FD_CHECK_ARG(p.dtype == DType::kFloat32 || p.dtype == DType::kFloat64, fn, zn.c_str(),
-                   "must be float32 or float64 on the CPU; got ",
+      FD_CHECK_ARG(p.dtype == DType::kFloat32 || p.dtype == DType::kFloat64, fn,
+                   arg("z", "zs").str().c_str(), "must be float32 or float64 on the CPU; got ",
                    c10::toString(z.scalar_type()));
     }
     p.N = z.size(0);
@@ -219,43 +238,39 @@ struct TailCall {
     p.z = z.data_ptr();
   }
 
-  // The name of an argument in errors: `single` in a one-op call, `list[term]` in an edge call.
-  std::string arg(const char* single, const char* list) const {
-    return term < 0 ? std::string(single) : std::string(list) + "[" + std::to_string(term) + "]";
-  }
+  ArgName arg(const char* single, const char* list) const { return {single, list, term}; }
 
   // Another activation: same shape, layout and device; `dtype` as given.
-  const void* activation(const at::Tensor& t, const char* name, at::ScalarType dtype) const {
-    const std::string zn = arg("z", "zs");
-    FD_CHECK_ARG(t.sizes() == z.sizes(), fn, name, "must have ", zn, "'s shape ", shape_str(z),
-                 "; got ", shape_str(t));
-    FD_CHECK_ARG(t.device() == z.device(), fn, name, "must be on ", z.device().str(),
-                 "; got ", t.device().str());
-    FD_CHECK_ARG(t.scalar_type() == dtype, fn, name, "must be ", c10::toString(dtype),
-                 "; got ", c10::toString(t.scalar_type()));
+  const void* activation(const at::Tensor& t, const ArgName& name, at::ScalarType dtype) const {
+    FD_CHECK_ARG(t.sizes() == z.sizes(), fn, name.str().c_str(), "must have ", arg("z", "zs"),
+                 "'s shape ", shape_str(z), "; got ", shape_str(t));
+    FD_CHECK_ARG(t.device() == z.device(), fn, name.str().c_str(), "must be on ",
+                 z.device().str(), "; got ", t.device().str());
+    FD_CHECK_ARG(t.scalar_type() == dtype, fn, name.str().c_str(), "must be ",
+                 c10::toString(dtype), "; got ", c10::toString(t.scalar_type()));
     FD_CHECK_ARG(t.is_contiguous(channels_last ? at::MemoryFormat::ChannelsLast
                                                : at::MemoryFormat::Contiguous),
-                 fn, name, "must have ", zn, "'s memory layout (",
+                 fn, name.str().c_str(), "must have ", arg("z", "zs"), "'s memory layout (",
                  channels_last ? "channels_last" : "NCHW", ")");
     return t.data_ptr();
   }
 
   // A vector of `n` values in the accumulation dtype on z's device (null when absent).
-  const void* vec(const OptTensor& t, const char* name, int64_t n) const {
+  const void* vec(const OptTensor& t, const ArgName& name, int64_t n) const {
     if (!t.has_value() || !t->defined()) return nullptr;
-    FD_CHECK_ARG(t->dim() == 1 && t->size(0) == n, fn, name, "must have shape (", n, ",); got ",
-                 shape_str(*t));
-    FD_CHECK_ARG(t->is_contiguous(), fn, name, "must be contiguous");
-    FD_CHECK_ARG(t->device() == z.device(), fn, name, "must be on ", z.device().str(),
-                 "; got ", t->device().str());
-    FD_CHECK_ARG(t->scalar_type() == acc_type(z), fn, name, "must be ",
+    FD_CHECK_ARG(t->dim() == 1 && t->size(0) == n, fn, name.str().c_str(), "must have shape (",
+                 n, ",); got ", shape_str(*t));
+    FD_CHECK_ARG(t->is_contiguous(), fn, name.str().c_str(), "must be contiguous");
+    FD_CHECK_ARG(t->device() == z.device(), fn, name.str().c_str(), "must be on ",
+                 z.device().str(), "; got ", t->device().str());
+    FD_CHECK_ARG(t->scalar_type() == acc_type(z), fn, name.str().c_str(), "must be ",
                  c10::toString(acc_type(z)), "; got ", c10::toString(t->scalar_type()));
     return t->data_ptr();
   }
 
   // A per-channel vector of this op, named as the one-op or the edge function calls it.
   const void* channel_vec(const OptTensor& t, const char* single, const char* list) const {
-    return vec(t, arg(single, list).c_str(), p.C);
+    return vec(t, arg(single, list), p.C);
   }
 
   // The BN statistics: both given, or neither (no normalisation).
@@ -263,7 +278,7 @@ struct TailCall {
     p.mean = channel_vec(mean, "mean", "means");
     p.rstd = channel_vec(rstd, "rstd", "rstds");
     FD_CHECK_ARG((p.mean == nullptr) == (p.rstd == nullptr), fn,
-                 arg("rstd", "rstds").c_str(), "must be given exactly when ",
+                 arg("rstd", "rstds").str().c_str(), "must be given exactly when ",
                  arg("mean", "means"), " is");
   }
 
@@ -274,7 +289,7 @@ struct TailCall {
 
   void weights(const at::Tensor& w, int64_t k) {
     p.w = vec(w, "w", w.dim() == 1 ? w.size(0) : -1);
-    FD_CHECK_ARG(k >= 0 && k < w.size(0), fn, arg("k", "ks").c_str(),
+    FD_CHECK_ARG(k >= 0 && k < w.size(0), fn, arg("k", "ks").str().c_str(),
                  "must index w (0 <= k < ", w.size(0), "); got ", k);
     p.k = k;
   }
@@ -288,15 +303,20 @@ std::vector<TailCall> tail_calls(const char* fn, const std::vector<at::Tensor>& 
   calls.reserve(zs.size());
   for (size_t j = 0; j < zs.size(); ++j) {
     calls.emplace_back(fn, zs[j], edge ? static_cast<int64_t>(j) : -1);
-    if (j > 0) calls[0].activation(zs[j], calls[j].arg("z", "zs").c_str(), zs[0].scalar_type());
+    if (j > 0) calls[0].activation(zs[j], calls[j].arg("z", "zs"), zs[0].scalar_type());
   }
   return calls;
 }
 
-template <typename List>
-void check_entries(const char* fn, const char* name, const List& list, size_t n) {
+// Every list argument (name, list, name, list, ...) has one entry per op output.
+inline void check_entries(const char*, size_t) {}
+
+template <typename List, typename... Rest>
+void check_entries(const char* fn, size_t n, const char* name, const List& list,
+                   const Rest&... rest) {
   FD_CHECK_ARG(list.size() == n, fn, name, "must have one entry per op output (", n,
                "); got ", list.size());
+  check_entries(fn, n, rest...);
 }
 
 // Per-channel outputs of a call: one (C,) vector per op, in the accumulation dtype (separate
@@ -358,44 +378,43 @@ void run_tails(std::vector<TailCall>& calls, bool reduction, Cpu cpu, Cuda cuda)
 // Statistics of each z; with running buffers also BatchNorm's update of them.
 std::vector<std::vector<at::Tensor>> stats_impl(const char* fn,
                                                 const std::vector<at::Tensor>& zs,
-                                   const std::vector<double>& eps,
-                                   const std::vector<OptTensor>& running_means,
-                                   const std::vector<OptTensor>& running_vars,
-                                   const std::vector<OptTensor>& nbts,
-                                   const std::vector<double>& momenta, bool edge) {
+                                                const std::vector<double>& eps,
+                                                const std::vector<OptTensor>& running_means,
+                                                const std::vector<OptTensor>& running_vars,
+                                                const std::vector<OptTensor>& nbts,
+                                                const std::vector<double>& momenta, bool edge) {
   std::vector<TailCall> calls = tail_calls(fn, zs, edge);
   const size_t n = zs.size();
-  check_entries(fn, "eps", eps, n);
-  check_entries(fn, "running_means", running_means, n);
-  check_entries(fn, "running_vars", running_vars, n);
-  check_entries(fn, "num_batches_tracked", nbts, n);
-  check_entries(fn, "momenta", momenta, n);
+  check_entries(fn, n, "eps", eps, "running_means", running_means, "running_vars", running_vars,
+                "num_batches_tracked", nbts, "momenta", momenta);
   std::vector<at::Tensor> mean = new_vecs(calls), var = new_vecs(calls), rstd = new_vecs(calls);
   for (size_t j = 0; j < n; ++j) {
     TailCall& call = calls[j];
-    FD_CHECK_ARG(eps[j] >= 0, fn, call.arg("eps", "eps").c_str(), "must be >= 0; got ", eps[j]);
+    FD_CHECK_ARG(eps[j] >= 0, fn, call.arg("eps", "eps").str().c_str(), "must be >= 0; got ",
+                 eps[j]);
     // The BN's running buffers, updated in the same pass (all given, or none).
     call.p.running_mean =
         const_cast<void*>(call.channel_vec(running_means[j], "running_mean", "running_means"));
     call.p.running_var =
         const_cast<void*>(call.channel_vec(running_vars[j], "running_var", "running_vars"));
     FD_CHECK_ARG((call.p.running_mean == nullptr) == (call.p.running_var == nullptr), fn,
-                 call.arg("running_var", "running_vars").c_str(), "must be given exactly when ",
-                 call.arg("running_mean", "running_means"), " is");
+                 call.arg("running_var", "running_vars").str().c_str(),
+                 "must be given exactly when ", call.arg("running_mean", "running_means"), " is");
     if (nbts[j].has_value() && nbts[j]->defined()) {
       const at::Tensor& nbt = *nbts[j];
-      const std::string name = call.arg("num_batches_tracked", "num_batches_tracked");
-      FD_CHECK_ARG(call.p.running_mean != nullptr, fn, name.c_str(),
+      const ArgName name = call.arg("num_batches_tracked", "num_batches_tracked");
+      FD_CHECK_ARG(call.p.running_mean != nullptr, fn, name.str().c_str(),
                    "needs running_mean and running_var");
-      FD_CHECK_ARG(nbt.numel() == 1 && nbt.scalar_type() == at::kLong, fn, name.c_str(),
+      FD_CHECK_ARG(nbt.numel() == 1 && nbt.scalar_type() == at::kLong, fn, name.str().c_str(),
                    "must be one int64 value; got ", shape_str(nbt), " ",
                    c10::toString(nbt.scalar_type()));
-      FD_CHECK_ARG(nbt.device() == call.z.device(), fn, name.c_str(), "must be on ",
+      FD_CHECK_ARG(nbt.device() == call.z.device(), fn, name.str().c_str(), "must be on ",
                    call.z.device().str(), "; got ", nbt.device().str());
       call.p.num_batches_tracked = nbt.data_ptr<int64_t>();
     }
-    FD_CHECK_ARG(momenta[j] >= 0 && momenta[j] <= 1, fn, call.arg("momentum", "momenta").c_str(),
-                 "must lie in [0, 1]; got ", momenta[j]);
+    FD_CHECK_ARG(momenta[j] >= 0 && momenta[j] <= 1, fn,
+                 call.arg("momentum", "momenta").str().c_str(), "must lie in [0, 1]; got ",
+                 momenta[j]);
     call.p.momentum = momenta[j];
     call.p.eps = eps[j];
     call.p.out0 = mean[j].data_ptr();
@@ -414,11 +433,8 @@ void accumulate_impl(const char* fn, at::Tensor& acc, const std::vector<at::Tens
                      bool init, bool edge) {
   std::vector<TailCall> calls = tail_calls(fn, zs, edge);
   const size_t n = zs.size();
-  check_entries(fn, "ks", ks, n);
-  check_entries(fn, "means", means, n);
-  check_entries(fn, "rstds", rstds, n);
-  check_entries(fn, "gammas", gammas, n);
-  check_entries(fn, "betas", betas, n);
+  check_entries(fn, n, "ks", ks, "means", means, "rstds", rstds, "gammas", gammas, "betas",
+                betas);
   void* acc_ptr = const_cast<void*>(calls[0].activation(acc, "acc", acc_type(zs[0])));
   for (size_t j = 0; j < n; ++j) {
     TailCall& call = calls[j];
@@ -442,11 +458,8 @@ std::vector<std::vector<at::Tensor>> grad_reduce_impl(const char* fn, const at::
                                          bool edge) {
   std::vector<TailCall> calls = tail_calls(fn, zs, edge);
   const size_t n = zs.size();
-  check_entries(fn, "means", means, n);
-  check_entries(fn, "rstds", rstds, n);
-  check_entries(fn, "gammas", gammas, n);
-  check_entries(fn, "betas", betas, n);
-  check_entries(fn, "ks", ks, n);
+  check_entries(fn, n, "means", means, "rstds", rstds, "gammas", gammas, "betas", betas, "ks",
+                ks);
   const void* g_ptr = calls[0].activation(g, "g", zs[0].scalar_type());
   void* dw_ptr = nullptr;
   if (dw.has_value() && dw->defined()) {  // the mixing-weight gradients, entries k_j written
@@ -461,7 +474,7 @@ std::vector<std::vector<at::Tensor>> grad_reduce_impl(const char* fn, const at::
     call.normalisation(means[j], rstds[j]);
     call.affine(gammas[j], betas[j]);
     if (dw_ptr != nullptr) {
-      FD_CHECK_ARG(ks[j] >= 0 && ks[j] < dw->size(0), fn, call.arg("k", "ks").c_str(),
+      FD_CHECK_ARG(ks[j] >= 0 && ks[j] < dw->size(0), fn, call.arg("k", "ks").str().c_str(),
                    "must index dw (0 <= k < ", dw->size(0), "); got ", ks[j]);
       call.p.dw = dw_ptr;
       call.p.k = ks[j];
@@ -485,13 +498,8 @@ std::vector<at::Tensor> grad_input_impl(const char* fn, const at::Tensor& g,
                                         const std::vector<bool>& batch_stats, bool edge) {
   std::vector<TailCall> calls = tail_calls(fn, zs, edge);
   const size_t n = zs.size();
-  check_entries(fn, "ks", ks, n);
-  check_entries(fn, "means", means, n);
-  check_entries(fn, "rstds", rstds, n);
-  check_entries(fn, "gammas", gammas, n);
-  check_entries(fn, "sum_gs", sum_gs, n);
-  check_entries(fn, "sum_gxs", sum_gxs, n);
-  check_entries(fn, "batch_stats", batch_stats, n);
+  check_entries(fn, n, "ks", ks, "means", means, "rstds", rstds, "gammas", gammas, "sum_gs",
+                sum_gs, "sum_gxs", sum_gxs, "batch_stats", batch_stats);
   const void* g_ptr = calls[0].activation(g, "g", zs[0].scalar_type());
   std::vector<at::Tensor> dzs;
   dzs.reserve(n);
@@ -506,7 +514,7 @@ std::vector<at::Tensor> grad_input_impl(const char* fn, const at::Tensor& g,
     call.p.batch_stats = batch_stats[j];
     FD_CHECK_ARG(!(batch_stats[j] && call.p.mean != nullptr) ||
                      (call.p.sum_g != nullptr && call.p.sum_gx != nullptr),
-                 fn, call.arg("sum_g", "sum_gs").c_str(), "and ",
+                 fn, call.arg("sum_g", "sum_gs").str().c_str(), "and ",
                  call.arg("sum_gx", "sum_gxs"), " are required with batch statistics");
     dzs.push_back(at::empty_like(zs[j]));
     call.p.dz = dzs.back().data_ptr();
