@@ -123,12 +123,14 @@ def test_primitives_are_bitwise_repeatable(backend, device):
 
 
 needs_ext = pytest.mark.skipif(_ext.C is None, reason="fastdarts._C not built")
+binding_errors_testable = pytest.mark.skipif(
+    _ext.C is not None and _ext.C.with_cuda(),
+    reason="binding argument errors crash the CUDA build (open problem, see csrc/bindings.cpp); "
+           "Python validates before the binding")
 
 
 @needs_ext
-@pytest.mark.skipif(_ext.C is not None and _ext.C.with_cuda(),
-                    reason="binding argument errors crash the CUDA build (open problem, "
-                           "see csrc/bindings.cpp); Python validates before the binding")
+@binding_errors_testable
 def test_binding_names_the_bad_argument():
     z = torch.randn(2, 3, 4, 4)
     w = torch.ones(2)
@@ -301,9 +303,7 @@ def test_edge_calls_equal_the_per_op_calls(backend, device, dtype, fmt, n):
 
 
 @needs_ext
-@pytest.mark.skipif(_ext.C is not None and _ext.C.with_cuda(),
-                    reason="binding argument errors crash the CUDA build (open problem, "
-                           "see csrc/bindings.cpp); Python validates before the binding")
+@binding_errors_testable
 def test_edge_binding_names_the_bad_list_entry():
     z = torch.randn(2, 3, 4, 4)
     zs, w = [z, z.clone(), z.clone()], torch.ones(3)
