@@ -223,3 +223,51 @@ def test_edge_of_only_none_ops(mode):
     got, _ = _run(fused, x, w)
     for a, b in zip(got, want):
         assert a.shape == b.shape and torch.equal(a, b)
+
+
+class _CastTo(torch.nn.Module):
+    def __init__(self, dtype):
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, x):
+        return x.to(self.dtype)
+
+
+@pytest.mark.parametrize("mode", ["fast", "low"])
+@pytest.mark.parametrize("backend,device", [("reference", "cpu")] + (
+    [("cuda", "cuda")] if torch.cuda.is_available() else []))
+def test_ops_of_different_dtypes_in_one_edge(mode, backend, device, monkeypatch):
+    """An edge whose op outputs differ in dtype, as under autocast, where an identity's fp32
+    input meets bf16 conv outputs: each dtype's ops go through their own edge-kernel call
+    (one dtype per call), the sum accumulates in fp32, and output, every gradient and the
+    BN buffers match the original's within bf16 rounding. (The CPU kernels take no bf16,
+    so on the CPU the reference backend runs the calls.)"""
+    import fastdarts.mixed as mixed
+    from fastdarts.mixed import FusedMixedOp
+    torch.manual_seed(0)
+    C = 3
+    ops = torch.nn.ModuleList([
+        torch.nn.Identity(),                                                  # fp32
+        torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Conv2d(C, C, 3, padding=1, bias=False),
+                            torch.nn.BatchNorm2d(C, affine=False)),           # fp32 + BN
+        torch.nn.Sequential(_CastTo(torch.bfloat16),
+                            torch.nn.BatchNorm2d(C).to(torch.bfloat16)),      # bf16 + BN
+        torch.nn.Sequential(_CastTo(torch.bfloat16), torch.nn.AvgPool2d(3, 1, 1)),  # bf16
+    ]).to(device)
+    ref = FusedMixedOp(ops, memory="reference")
+    fused = copy.deepcopy(ref)
+    fused.memory, fused.backend = mode, backend
+    splits = []
+    split = mixed._split_by_dtype
+    monkeypatch.setattr(mixed, "_split_by_dtype",
+                        lambda terms: splits.append(len(split(terms))) or split(terms))
+    x, w = _inputs((2, C, 5, 5), torch.float32, torch.contiguous_format, 4)
+    x, w = x.to(device), w.to(device)
+    want, want_buffers = _run(ref, x, w)
+    got, got_buffers = _run(fused, x, w)
+    assert max(splits) == 2  # two calls per kernel: the fp32 ops', the bf16 ops'
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and _rel(a, b) <= 2e-2, (a.dtype, _rel(a, b))
+    for a, b in zip(got_buffers, want_buffers):
+        assert torch.equal(a, b) or _rel(a, b) <= 1e-2
