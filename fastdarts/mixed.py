@@ -92,44 +92,48 @@ def _split_by_dtype(terms: list) -> list[list]:
     return [terms]
 
 
+_NO_UPDATE = (None, None, None, 0.0)  # (running_mean, running_var, num_batches_tracked, momentum)
+
+
 def _tails_stats(be, pending: list, stats: list, acc) -> None:
     """Writes stats[k] for each BN tail in `pending` [(plan, z_k)]: the statistics it
     normalises with, those of the batch reduced for all of them in one kernel call. Running
     statistics are updated like nn.BatchNorm2d (not while a recompute has frozen them:
-    `track_running_stats` is then off)."""
+    `track_running_stats` is then off). (Lists are built by comprehensions: this runs for
+    every edge, and at search sizes its Python is the step's host time.)"""
     parts = _split_by_dtype(pending)
     if len(parts) > 1:
         for part in parts:
             _tails_stats(be, part, stats, acc)
         return
-    batch, zs, eps, rms, rvs, nbts, momenta, by_hand = [], [], [], [], [], [], [], []
+    batch, by_hand = [], []
     for p, z in pending:
         bn = p.tail
         # Buffers read from the dict: a module attribute lookup per buffer costs more host
-        # time than a kernel call at search sizes (this runs for every op of every edge).
+        # time than a kernel call at search sizes.
         buffers = bn._buffers
-        rm, rv = buffers.get("running_mean"), buffers.get("running_var")
+        rm = buffers.get("running_mean")
         if not (bn.training or rm is None):
+            rv = buffers["running_var"]
             stats[p.index] = TailStats(rm.to(acc), torch.rsqrt(rv.to(acc) + bn.eps), False)
             continue
-        batch.append(p)
-        zs.append(z)
-        eps.append(bn.eps)
+        update = _NO_UPDATE
         if bn.track_running_stats and rm is not None:
-            nbt = buffers.get("num_batches_tracked")
+            rv, nbt = buffers["running_var"], buffers.get("num_batches_tracked")
             if bn.momentum is not None and _kernel_buffers(rm, rv, nbt, acc):
-                # The kernel updates them in the same pass (no extra launches).
-                rms.append(rm), rvs.append(rv), nbts.append(nbt), momenta.append(bn.momentum)
-                continue
-            by_hand.append((len(zs) - 1, bn, (rm, rv, nbt)))  # the reference does, after it
-        rms.append(None), rvs.append(None), nbts.append(None), momenta.append(0.0)
+                update = (rm, rv, nbt, bn.momentum)  # the kernel does it in the same pass
+            else:
+                by_hand.append((len(batch), bn, (rm, rv, nbt)))  # the reference, after it
+        batch.append((p, z, bn.eps, update))
     if not batch:
         return
-    means, variances, rstds = be.bn_stats_edge(zs, eps, rms, rvs, nbts, momenta)
-    for p, m, r in zip(batch, means, rstds):
-        stats[p.index] = TailStats(m, r, True)
+    means, variances, rstds = be.bn_stats_edge(
+        [b[1] for b in batch], [b[2] for b in batch], [b[3][0] for b in batch],
+        [b[3][1] for b in batch], [b[3][2] for b in batch], [b[3][3] for b in batch])
+    for b, m, r in zip(batch, means, rstds):
+        stats[b[0].index] = TailStats(m, r, True)
     for j, bn, buffers in by_hand:
-        z = zs[j]
+        z = batch[j][1]
         running_stats_update_ref(*buffers, means[j], variances[j], z.numel() // z.shape[1],
                                  bn.momentum)
 
@@ -141,16 +145,22 @@ def _kernel_buffers(rm, rv, nbt, acc) -> bool:
             and nbt is not None and nbt.dtype == torch.int64 and nbt.numel() == 1)
 
 
-def _affine(bn: Optional[_BatchNorm], acc):
-    if bn is None or not bn.affine:
-        return None, None
-    return _vec(bn.weight, acc), _vec(bn.bias, acc)
+def _affines(plans, acc, any_affine: bool = True) -> tuple[list, list]:
+    """([gamma_k], [beta_k]) of the plans' tails (None without an affine tail);
+    `any_affine=False`: the edge has none (the search spaces' BNs are affine-free)."""
+    if not any_affine:
+        none = [None] * len(plans)
+        return none, none
+    return ([_vec(p.tail.weight, acc) if p.tail is not None and p.tail.affine else None
+             for p in plans],
+            [_vec(p.tail.bias, acc) if p.tail is not None and p.tail.affine else None
+             for p in plans])
 
 
 def _static_layout(owner: nn.Module):
     """(plans, active plans, share the leading ReLU, draws random numbers, (segmented
-    bodies, their parameters)) of an edge, cached with its plans: worked out once, not on
-    every call."""
+    bodies, their parameters), has an affine tail) of an edge, cached with its plans: worked
+    out once, not on every call."""
     plans = plans_of(owner)
     skipped = owner.__dict__.get("skipped_ops", ())
     cached = owner.__dict__.get("_fastdarts_layout")
@@ -159,7 +169,8 @@ def _static_layout(owner: nn.Module):
         inside = tuple(p for p in active if p.kind == "body" and p.segments is not None)
         inside_params = tuple(q for p in inside for q in p.segment_params)
         layout = (plans, active, any(p.relu_first for p in active),
-                  any(p.uses_rng for p in active), (inside, inside_params))
+                  any(p.uses_rng for p in active), (inside, inside_params),
+                  any(p.tail is not None and p.tail.affine for p in active))
         cached = owner.__dict__["_fastdarts_layout"] = (plans, skipped, layout)
     return cached[2]
 
@@ -168,8 +179,8 @@ class _Edge:
     """Per-call context: the plans, the backend, layout and dtypes of one edge."""
 
     def __init__(self, owner: nn.Module, x: torch.Tensor, backend: Optional[str]):
-        (self.plans, self.active, self.share_relu, self.uses_rng,
-         self.inside) = _static_layout(owner)
+        (self.plans, self.active, self.share_relu, self.uses_rng, self.inside,
+         self.any_affine) = _static_layout(owner)
         self.K = len(self.plans)
         self.fmt = _format_of(x)
         self.acc = acc_dtype(x.dtype)
@@ -189,14 +200,13 @@ class _Edge:
             for n, part in enumerate(parts):
                 self.accumulate(acc_buf, part, w, stats, init and n == 0)
             return
-        zs, ks, means, rstds, gammas, betas = [], [], [], [], [], []
-        for p, z in terms:
-            st = stats[p.index]
-            gamma, beta = _affine(p.tail, self.acc)
-            zs.append(z), ks.append(p.index), gammas.append(gamma), betas.append(beta)
-            means.append(None if st is None else st.mean)
-            rstds.append(None if st is None else st.rstd)
-        self.be.bn_accumulate_edge(acc_buf, zs, w, ks, means, rstds, gammas, betas, init)
+        plans = [t[0] for t in terms]
+        sts = [stats[p.index] for p in plans]
+        gammas, betas = _affines(plans, self.acc, self.any_affine)
+        self.be.bn_accumulate_edge(
+            acc_buf, [t[1] for t in terms], w, [p.index for p in plans],
+            [None if st is None else st.mean for st in sts],
+            [None if st is None else st.rstd for st in sts], gammas, betas, init)
 
     def finish(self, acc_buf, x, out_dtype):
         if acc_buf is None:  # every op is `none`: the original returns zeros of its shape
@@ -221,27 +231,31 @@ class _Edge:
             return out
         if not terms:
             return {}
-        zs, ks, means, rstds, gammas, betas, batch, need = [], [], [], [], [], [], [], []
-        for j, (p, z, st, need_dz) in enumerate(terms):
-            gamma, beta = _affine(p.tail, self.acc)
-            zs.append(z), ks.append(p.index), gammas.append(gamma), betas.append(beta)
-            means.append(None if st is None else st.mean)
-            rstds.append(None if st is None else st.rstd)
-            batch.append(st is not None and st.batch)
-            if need_dz:
-                need.append(j)
+        plans, zs, sts, needs = zip(*terms)  # (tuples: the edge kernels take any sequence)
+        ks = [p.index for p in plans]
+        means = [None if st is None else st.mean for st in sts]
+        rstds = [None if st is None else st.rstd for st in sts]
+        batch = [st is not None and st.batch for st in sts]
+        gammas, betas = _affines(plans, self.acc, self.any_affine)
         gz = g if g.dtype == zs[0].dtype else g.to(zs[0].dtype)
         sum_g, sum_gx = self.be.bn_grad_reduce_edge(gz, zs, means, rstds, gammas, betas, dW, ks)
+        # Input gradients of the ops that need them: usually the first m, since callers list
+        # an identity (reduced only for its dW) last; else picked out.
+        m = needs.index(False) if False in needs else len(needs)
         dzs = [None] * len(terms)
-        if len(need) == len(terms):
-            dzs = self.be.bn_grad_input_edge(gz, zs, w, ks, means, rstds, gammas, sum_g,
-                                             sum_gx, batch)
-        elif need:
+        if not any(needs[m:]):
+            if m:
+                dzs[:m] = self.be.bn_grad_input_edge(gz, zs[:m], w, ks[:m], means[:m],
+                                                     rstds[:m], gammas[:m], sum_g[:m],
+                                                     sum_gx[:m], batch[:m])
+        else:
+            pick = [j for j, n in enumerate(needs) if n]
+
             def sub(values):
-                return [values[j] for j in need]
+                return [values[j] for j in pick]
             got = self.be.bn_grad_input_edge(gz, sub(zs), w, sub(ks), sub(means), sub(rstds),
                                              sub(gammas), sub(sum_g), sub(sum_gx), sub(batch))
-            for j, dz in zip(need, got):
+            for j, dz in zip(pick, got):
                 dzs[j] = dz
         out = {}
         for j, k in enumerate(ks):
@@ -297,7 +311,7 @@ def _accumulate_edge(edge: _Edge, x, w_acc, z_of: Callable, known=None, values=T
             out_dtype = torch.promote_types(out_dtype, z.dtype)
         if p.tail is not None:
             st = known[p.index] if known is not None else None
-            if _reusable(st, p.tail):
+            if st is not None and _reusable(st, p.tail):
                 stats[p.index] = st
             else:
                 pending.append((p, z))
@@ -409,14 +423,15 @@ class _FusedEdgeFunction(torch.autograd.Function):
         dx = dr = r = None
         d_given, d_inside, daff = [], [], []
         dW = edge.new_weight_grads(x, needs[3])
-        # Which z_k need a gradient, then every tail's backward in one batched call.
-        terms, need_ps = [], {}
+        # Which z_k need a gradient, then every tail's backward in one batched call (the
+        # identity last: tails_backward then passes the ops needing dz as a prefix).
+        terms, identities, need_ps = [], [], {}
         zi = iter(zs)
         offset = 0
         for p in edge.active:
             if p.kind == "identity":
                 if dW is not None:  # its reduction gives dW[k]; dx gets w_k * g below
-                    terms.append((p, x, None, False))
+                    identities.append((p, x, None, False))
                 continue
             if p.index in kept:
                 n = len(p.segment_params)
@@ -426,7 +441,7 @@ class _FusedEdgeFunction(torch.autograd.Function):
             else:
                 need_dz = next(need_given)
             terms.append((p, next(zi), stats[p.index], need_dz))
-        results = edge.tails_backward(g, terms, w_acc, dW)
+        results = edge.tails_backward(g, terms + identities, w_acc, dW)
         for p in edge.active:
             if p.kind == "identity":
                 dx = _add(dx, _identity_backward(edge, g, x, w_acc, p, need_x, None))

@@ -271,3 +271,34 @@ def test_ops_of_different_dtypes_in_one_edge(mode, backend, device, monkeypatch)
         assert a.dtype == b.dtype and _rel(a, b) <= 2e-2, (a.dtype, _rel(a, b))
     for a, b in zip(got_buffers, want_buffers):
         assert torch.equal(a, b) or _rel(a, b) <= 1e-2
+
+
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "triton"])
+@pytest.mark.parametrize("needs", [(True, True, True, False), (True, False, True, True),
+                                   (False, False, False, False)], ids=str)
+def test_tails_backward_equals_per_op_backward(backend, needs):
+    """`_Edge.tails_backward` (one reduction and one input-gradient call for all the ops)
+    gives each op what its own backward gives, whichever ops need dz: a prefix (the usual
+    case, one call on slices) or not (the ops picked out)."""
+    from fastdarts.mixed import _Edge, _tails_stats
+    torch.manual_seed(0)
+    edge_module = MixedOp(4, 1, ("sep_conv_3x3", "avg_pool_3x3", "dil_conv_3x3",
+                                 "skip_connect"), affine=True).double()
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    edge = _Edge(edge_module, x, backend)
+    with torch.no_grad():
+        pz = [(p, p.body(x)) for p in edge.active if p.kind == "body"]
+    stats = [None] * edge.K
+    _tails_stats(edge.be, pz, stats, edge.acc)
+    terms = [(p, z, stats[p.index], n) for (p, z), n in zip(pz, needs)]
+    identity = next(p for p in edge.active if p.kind == "identity")
+    terms.append((identity, x, None, needs[-1]))
+    w = torch.softmax(torch.randn(4, dtype=torch.float64), 0)
+    g = torch.randn_like(x)
+    dW, dW_each = torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+    got = edge.tails_backward(g, terms, w, dW)
+    for p, z, st, need in terms:
+        want = edge.op_backward(g, z, w, p, st, need, dW_each)
+        for a, b in zip(got[p.index], want):
+            assert (a is None and b is None) or torch.equal(a, b)
+    assert torch.equal(dW, dW_each)
