@@ -14,6 +14,10 @@ time ratio to the reference from an interleaved run: all four modes built side b
 step of each per round in rotating order, the median over rounds of (mode / reference) of the
 same round (FASTDARTS_BENCH_AB_ROUNDS rounds, default 9 on the CPU, 20 on a GPU).
 
+On a GPU, rows `test_supernet_step_cuda_graph` replay the step of reference, fast and low as
+a CUDA graph (`fastdarts.graphs`), which takes the host's launch work out of the step time;
+their ratios are against the reference replayed the same way and against the eager one.
+
 Shapes: FASTDARTS_BENCH_BATCH (default 8 on the CPU, 64 on a GPU), 32x32 images;
 FASTDARTS_BENCH_ROUNDS timed steps per row (default 5 on the CPU, 20 on a GPU).
 """
@@ -30,6 +34,7 @@ import pytest
 import torch
 
 from benchmarks.memory_probe import MODES, build, step
+from fastdarts.graphs import CapturedStep
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -37,6 +42,7 @@ BATCH = int(os.environ.get("FASTDARTS_BENCH_BATCH", "64" if DEVICE == "cuda" els
 ROUNDS = int(os.environ.get("FASTDARTS_BENCH_ROUNDS", "20" if DEVICE == "cuda" else "5"))
 AB_ROUNDS = int(os.environ.get("FASTDARTS_BENCH_AB_ROUNDS", "20" if DEVICE == "cuda" else "9"))
 SUPERNETS = {"darts": dict(C=16, layers=8), "nb201": dict(C=16, layers=5)}
+GRAPH_MODES = ("reference", "fast", "low")  # checkpoint's rows say enough without a graph
 
 
 def _inputs(batch: int = BATCH, size: int = 32):
@@ -65,32 +71,46 @@ def steal_fraction(before, after):
     return (after[0] - before[0]) / (after[1] - before[1])
 
 
-def _timed_step(model, x, y) -> float:
+def _timed(run) -> float:
     if DEVICE == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    step(model, x, y)
+    run()
     if DEVICE == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
+def runner(model, x, y, graphed: bool = False):
+    """One supernet step of `model` on (x, y) as a call; `graphed`: replayed as a CUDA graph
+    (`fastdarts.graphs.CapturedStep`, captured on the third call)."""
+    if not graphed:
+        return lambda: step(model, x, y)
+    captured = CapturedStep(lambda x, y: step(model, x, y).detach())
+    return lambda: captured(None, x, y)
+
+
 def interleaved(space: str, modes=MODES, batch: int = BATCH, size: int = 32,
-                rounds: int = AB_ROUNDS) -> dict:
+                rounds: int = AB_ROUNDS, graphed: bool = False) -> dict:
     """mode -> median over rounds of (its step time / the reference's in the same round),
     with every mode built side by side and run once per round in rotating order; "steal":
-    the CPU share the hypervisor took meanwhile."""
+    the CPU share the hypervisor took meanwhile. `graphed`: every mode's step is a CUDA
+    graph replay, and "eager reference" is the reference without one."""
     cfg = SUPERNETS[space]
-    models = {m: build(space, m, cfg["C"], cfg["layers"], torch.device(DEVICE), True)
-              for m in modes}
-    x, y = _inputs(batch, size)
-    for model in models.values():  # warm-up
-        step(model, x, y)
+    runs = {m: runner(build(space, m, cfg["C"], cfg["layers"], torch.device(DEVICE), True),
+                      *_inputs(batch, size), graphed) for m in modes}
+    if graphed:
+        modes = (*modes, "eager reference")
+        runs["eager reference"] = runner(build(space, "reference", cfg["C"], cfg["layers"],
+                                               torch.device(DEVICE), True), *_inputs(batch, size))
+    for run in runs.values():  # warm-up (and the captures)
+        for _ in range(3):
+            run()
     ratios = {m: [] for m in modes}
     ticks = _cpu_ticks()
     for r in range(rounds):
         order = modes[r % len(modes):] + modes[:r % len(modes)]
-        times = {m: _timed_step(models[m], x, y) for m in order}
+        times = {m: _timed(runs[m]) for m in order}
         for m in modes:
             ratios[m].append(times[m] / times["reference"])
     out = {m: statistics.median(v) for m, v in ratios.items()}
@@ -99,8 +119,8 @@ def interleaved(space: str, modes=MODES, batch: int = BATCH, size: int = 32,
 
 
 @functools.lru_cache(maxsize=None)
-def interleaved_ratios(space: str) -> dict:
-    return interleaved(space)
+def interleaved_ratios(space: str, graphed: bool = False) -> dict:
+    return interleaved(space, GRAPH_MODES if graphed else MODES, graphed=graphed)
 
 
 def _probe(space, mode):
@@ -162,6 +182,33 @@ def test_supernet_step(benchmark, space, mode):
                 probe_steps=probe["steps_run"], host_work=probe["host_work"])
     if DEVICE == "cuda":
         info["energy_mJ_per_step"], info["power_W"] = _energy_mj(run)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("mode", GRAPH_MODES)
+@pytest.mark.parametrize("space", list(SUPERNETS))
+def test_supernet_step_cuda_graph(benchmark, space, mode):
+    """The same step replayed as a CUDA graph: what each mode costs once the host's launch
+    work is gone, against the reference replayed the same way and against the eager one."""
+    cfg = SUPERNETS[space]
+    run_step = runner(build(space, mode, cfg["C"], cfg["layers"], torch.device(DEVICE), True),
+                      *_inputs(), graphed=True)
+
+    def run():
+        run_step()
+        torch.cuda.synchronize()
+
+    benchmark.group = f"{space} step, CUDA graph"
+    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=3, iterations=1)
+    ab = interleaved_ratios(space, graphed=True)
+    ab_reference_eager = ab["eager reference"]
+    info = benchmark.extra_info
+    info.update(kind="supernet_step_graph", space=space, mode=mode, batch=BATCH, device=DEVICE,
+                backend=os.environ.get("FASTDARTS_BACKEND", "auto"),
+                median_s=benchmark.stats.stats.median, ab_rounds=AB_ROUNDS,
+                time_vs_graphed_reference_interleaved=ab[mode],
+                time_vs_eager_reference_interleaved=ab[mode] / ab_reference_eager)
+    info["energy_mJ_per_step"], info["power_W"] = _energy_mj(run)
 
 
 def host_bound_proxy(rounds: int = 15) -> dict:

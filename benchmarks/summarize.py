@@ -23,9 +23,11 @@ def summarize(path: str) -> str:
                    if r[0]["extra_info"].get("kind") == "supernet_step"}
     second_order = {g: r for g, r in groups.items()
                     if r[0]["extra_info"].get("kind") == "second_order_step"}
+    graphed = {g: r for g, r in groups.items()
+               if r[0]["extra_info"].get("kind") == "supernet_step_graph"}
     if second_order:
         lines += _second_order_table(second_order)
-    groups = {g: r for g, r in groups.items() if g not in second_order}
+    groups = {g: r for g, r in groups.items() if g not in second_order and g not in graphed}
     if len(step_groups) < len(groups):
         lines += ["", "| group | backend | median (us) | p20-p80 (us) | speed-up vs reference | "
                   "GB/s | peak MiB | energy mJ/call |", "|---|---|---|---|---|---|---|---|"]
@@ -74,7 +76,28 @@ def summarize(path: str) -> str:
                     f"{'' if energy is None else f'{energy:.0f}'} | "
                     f"{e.get('projected_batch_80GiB', '')} | {_steal(e)} | "
                     f"{_host(e, ref)} |")
+    if graphed:
+        lines += _graph_table(graphed)
     return "\n".join(lines) + "\n"
+
+
+def _graph_table(groups) -> list[str]:
+    """bench_mixed_op's CUDA-graph rows: each mode's replayed step against the reference
+    replayed the same way and against the eager reference, from the interleaved run."""
+    lines = ["", "Steps replayed as CUDA graphs (`fastdarts.graphs.CapturedStep`):", "",
+             "| supernet | mode | backend | batch | step (s) | time vs graphed reference, "
+             "interleaved | time vs eager reference, interleaved | energy mJ/step |",
+             "|---|---|---|---|---|---|---|---|"]
+    for group in sorted(groups):
+        for b in groups[group]:
+            e = b["extra_info"]
+            energy = e.get("energy_mJ_per_step")
+            lines.append(
+                f"| {e['space']} | {e['mode']} | {e['backend']} | {e['batch']} | "
+                f"{e['median_s']:.3f} | {e['time_vs_graphed_reference_interleaved']:.2f}x | "
+                f"{e['time_vs_eager_reference_interleaved']:.2f}x | "
+                f"{'' if energy is None else f'{energy:.0f}'} |")
+    return lines
 
 
 def _interleaved(e: dict) -> str:

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep activations NCHW instead of channels_last")
     s.add_argument("--deterministic", action="store_true", default=None,
                    help="repeatable runs on a GPU (deterministic cuDNN algorithms)")
+    s.add_argument("--cuda-graph", action="store_true", default=None,
+                   help="replay each step as a CUDA graph: the host launches a step with one "
+                        "call (a small supernet's GPU step is bound by the host otherwise)")
     s.add_argument("--memory", choices=("low", "fast", "reference"), default=None,
                    help="mixed-op memory mode: low (recompute cells, least memory), fast "
                         "(fused, no recompute) or reference (plain PyTorch) [low]")

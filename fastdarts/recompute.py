@@ -162,6 +162,12 @@ class RngState:
 
     @classmethod
     def capture(cls, device: torch.device) -> "RngState":
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                "memory='low' replays a block that draws random numbers (dropout, the S4 noise "
+                "op, PC-DARTS's sampled channels) with the RNG state of its first pass, and a "
+                "CUDA graph capture cannot read that state; capture with memory='fast' or "
+                "'reference', or run the step without a graph")
         cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
         return cls(torch.get_rng_state(), device, cuda)
 

@@ -25,6 +25,8 @@ from .algorithms import algorithm_class, get_algorithm
 from .checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
 from .data import InfiniteLoader, SearchData, load_dataset, make_loader, to_device
 from .genotypes import genotype_to_dict, save_genotype
+from .graphs import CapturedStep, make_capturable
+from .recompute import module_uses_rng
 from .report import JsonlLog, plot_arch_weights
 from .spaces import build_supernet
 from .training import WeightTraining
@@ -83,6 +85,7 @@ class SearchConfig:
     device: str = "auto"
     channels_last: bool = True
     deterministic: bool = False
+    cuda_graph: bool = False  # replay each step as a CUDA graph (fastdarts.graphs)
     progress: bool = True
     memory: str = "low"  # mixed-op memory mode: low | fast | reference (fastdarts.mixed)
     partial_k: int | None = None  # PC-DARTS channel partitions K (None: the method's default)
@@ -205,7 +208,8 @@ TUPLE_FIELDS = ("arch_betas", "drnas_k", "drnas_ops", "imagenet_fractions")
 
 # Fields that may differ between a run and its resumption without changing the result
 # (decoded ImageNet crops depend on the pass and position only, not on the workers).
-_RESUME_FREE = {"run_dir", "device", "progress", "data_dir", "data_workers"}
+# A graph replays the kernels the eager step runs, so cuda_graph is one of them too.
+_RESUME_FREE = {"run_dir", "device", "progress", "data_dir", "data_workers", "cuda_graph"}
 
 
 @dataclass
@@ -347,6 +351,28 @@ def search_step(algo, model: nn.Module, training: WeightTraining, batch, val_bat
     return loss.detach(), logits.detach(), arch_loss
 
 
+def _captured_search_step(cfg: SearchConfig, algo, model: nn.Module,
+                          training: WeightTraining, current_lr) -> CapturedStep:
+    """`search_step` as a CUDA graph (`fastdarts.graphs`), called with (x, y[, x_val,
+    y_val]); `current_lr()` gives the epoch's learning rate when a graph is captured."""
+    if any(getattr(m, "draws_random_numbers", False) for m in model.modules()):
+        raise ValueError(
+            "cuda_graph with partial_selection='sampled': torch.randperm may draw a small "
+            "permutation on the host, and a graph would then replay one fixed permutation; "
+            "use partial_selection='first' with cuda_graph")
+    if cfg.memory == "low" and module_uses_rng(model):
+        raise ValueError(
+            "cuda_graph with memory='low': this supernet draws random numbers (S4 noise, "
+            "dropout) and 'low' replays them with a saved RNG state, which a graph capture "
+            "cannot read; use memory='fast' with cuda_graph")
+    make_capturable(algo.arch_optimizer)  # after a resume's load_state_dict too
+
+    def step(x, y, *val_batch):
+        return search_step(algo, model, training, (x, y), val_batch or None, current_lr(),
+                           cfg.grad_clip)
+    return CapturedStep(step)
+
+
 def run_search(config: SearchConfig, resume: bool = False, data: SearchData | None = None,
                stop_after_epochs: int | None = None, log=print) -> SearchResult:
     """Run (or resume) a search; see the module docstring.
@@ -364,6 +390,9 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / CHECKPOINT
     device = _device(cfg.device)
+    if cfg.cuda_graph and device.type != "cuda":
+        raise ValueError(f"cuda_graph needs a CUDA device (a CUDA graph replays device "
+                         f"work); this search runs on {device}")
 
     checkpoint = None
     if resume:
@@ -427,9 +456,13 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
         n_weights = sum(p.numel() for p in training.params)
         extra = algo.describe()
         log(f"search {cfg.algo} on {cfg.space}, {data.describe()}; supernet "
-            f"{n_weights:,} trained weights, device {device}, run dir {run_dir}"
+            f"{n_weights:,} trained weights, device {device}"
+            f"{' (steps replayed as CUDA graphs)' if cfg.cuda_graph else ''}, run dir {run_dir}"
             + (f"; {extra}" if extra else ""))
 
+    # the graph's step reads the learning rate of the epoch it is captured in
+    captured = _captured_search_step(cfg, algo, model, training,
+                                     lambda: lr) if cfg.cuda_graph else None
     search_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         if stop_after_epochs is not None and epoch >= stop_after_epochs:
@@ -452,8 +485,12 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
                 xv, yv = val_stream.next()
                 val_batch = (to_device(xv, data.spec, device, memory_format),
                              yv.to(device, non_blocking=True))
-            loss, logits, arch_loss = search_step(algo, model, training, (x, y), val_batch, lr,
-                                                  cfg.grad_clip)
+            if captured is None:
+                loss, logits, arch_loss = search_step(algo, model, training, (x, y), val_batch,
+                                                      lr, cfg.grad_clip)
+            else:  # the graph bakes in the epoch's schedule and whether arch steps run
+                loss, logits, arch_loss = captured((epoch, arch_on, lr), x, y,
+                                                   *(val_batch or ()))
             if arch_loss is not None:
                 arch_loss = float(arch_loss)
                 _check_finite(arch_loss, "architecture", epoch, model)

@@ -1,7 +1,8 @@
 """The fused paths on a CUDA GPU (skipped without one): the CUDA and Triton backends against
 the original plain-PyTorch edge computed in fp64 on the CPU, the half-precision budget,
-bitwise repeatability, no host synchronisation, CUDA-graph capture and a whole supernet
-step equal in every memory mode. TF32 is off here: it would measure cuDNN, not us."""
+bitwise repeatability, no host synchronisation, CUDA-graph capture, a whole supernet
+step equal in every memory mode, and searches replayed as CUDA graphs equal to eager ones.
+TF32 is off here: it would measure cuDNN, not us."""
 import copy
 
 import pytest
@@ -9,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from fastdarts.backends import BACKENDS
+from fastdarts.graphs import CapturedStep, make_capturable
+from fastdarts.search import SearchConfig, run_search
 from fastdarts.spaces import build_supernet
 from tests.test_mixed_op import OP_SETS, _inputs, _pair, _rel, _run
 
@@ -227,3 +230,91 @@ def test_pc_darts_supernet_step_equal_to_reference_on_gpu(mode, backend, monkeyp
 
     for a, b in zip(run(mode), run("reference")):
         assert _rel(a.cpu(), b.cpu()) <= 2e-4
+
+
+def test_captured_step_follows_eager_steps_across_keys_and_shapes():
+    """CapturedStep: warm-up, capture, replays, and a new capture for a new key and a new
+    batch shape leave the loss, weights, Adam state and BN statistics where eager steps do."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10)).cuda()
+    twin = copy.deepcopy(net)
+
+    def trainer(model):
+        opt = make_capturable(torch.optim.Adam(model.parameters(), lr=1e-2))
+
+        def step(x, y):
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss.detach()
+        return step
+
+    captured, eager = CapturedStep(trainer(net)), trainer(twin)
+    calls = [("a", 4)] * 5 + [("b", 4)] * 4 + [("b", 3)] * 4
+    for key, n in calls:
+        x = torch.randn(n, 3, 8, 8, device="cuda")
+        y = torch.randint(0, 10, (n,), device="cuda")
+        got = captured(key, x, y).clone()
+        assert torch.allclose(got, eager(x, y), rtol=1e-5, atol=1e-6), (key, n)
+    for (name, a), b in zip(net.state_dict().items(), twin.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6), name
+    assert captured.captures == 3 and captured.replays == len(calls) - 3 * 2
+
+
+def _search_config(tmp_path, name, cuda_graph, **kw):
+    base = dict(dataset="digits", epochs=2, layers=3, init_channels=12, steps_per_epoch=6,
+                arch_warmup_epochs=0, deterministic=True, progress=False, device="cuda")
+    return SearchConfig(**{**base, **kw}, run_dir=str(tmp_path / name), cuda_graph=cuda_graph)
+
+
+def _search(tmp_path, name, cuda_graph, **kw):
+    return run_search(_search_config(tmp_path, name, cuda_graph, **kw), log=lambda *a: None)
+
+
+GRAPHED_SEARCHES = {
+    "darts": {}, "darts-order2": dict(order=2), "darts-fast": dict(memory="fast"),
+    "darts-reference": dict(memory="reference"), "nb201": dict(space="nb201"),
+    "s4-fast": dict(space="s4", memory="fast"), "pcdarts": dict(algo="pcdarts"),
+    "rf-pcdarts": dict(algo="rf-pcdarts"), "sdarts-rs": dict(algo="sdarts-rs"),
+    "sdarts-adv": dict(algo="sdarts-adv"), "drnas": dict(algo="drnas", init_channels=24),
+    "darts-minus": dict(algo="darts-minus"),
+}
+
+
+def _assert_same_search(a, b):
+    for ra, rb in zip(a.history, b.history, strict=True):
+        for key in ("train_loss", "arch_loss", "val_loss"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-4), (ra["epoch"], key)
+        for cell, record in ra["weights"].items():  # values rounded to 6 decimals
+            want, got = torch.tensor(record["values"]), torch.tensor(rb["weights"][cell]["values"])
+            assert torch.allclose(got, want, rtol=1e-4, atol=2e-6), (ra["epoch"], cell)
+
+
+@pytest.mark.parametrize("kw", GRAPHED_SEARCHES.values(), ids=GRAPHED_SEARCHES.keys())
+def test_search_replayed_as_cuda_graphs_equals_the_eager_search(tmp_path, kw, monkeypatch):
+    """Every method, with steps replayed as CUDA graphs (captured anew each epoch: the
+    schedule, SDARTS's radius and DrNAS's stage move there) ends where the eager search ends."""
+    made = []
+
+    class Counted(CapturedStep):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+    monkeypatch.setattr("fastdarts.search.CapturedStep", Counted)
+    eager = _search(tmp_path, "eager", False, **kw)
+    assert not made
+    graphed = _search(tmp_path, "graph", True, **kw)
+    _assert_same_search(eager, graphed)
+    (captured,) = made
+    assert captured.captures == 2 and captured.replays == 2 * (6 - captured.warmup)
+
+
+def test_resumed_cuda_graph_search_equals_the_uninterrupted_one(tmp_path):
+    """The arch optimiser is made capturable again after the checkpoint's state is loaded."""
+    full = _search(tmp_path, "full", True, epochs=3)
+    cut = _search_config(tmp_path, "cut", True, epochs=3)
+    run_search(cut, stop_after_epochs=1, log=lambda *a: None)
+    _assert_same_search(full, run_search(cut, resume=True, log=lambda *a: None))
