@@ -25,25 +25,30 @@ import torch
 __all__ = ["CapturedStep", "make_capturable"]
 
 
-def make_capturable(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """Let `optimizer` step inside a CUDA graph, in place; returns it.
+def make_capturable(optimizer: torch.optim.Optimizer,
+                    capturable: bool = True) -> torch.optim.Optimizer:
+    """Let `optimizer` step inside a CUDA graph (or, with `capturable=False`, outside one
+    at full speed), in place; returns it.
 
     Adam and its kin keep their step count on the host unless their `capturable` flag is
     set, and a graph would replay the bias correction of the step it was captured at. With
-    the flag the count lives on the device. SGD keeps no host state and has no flag; it is
-    left as it is. Call it again after `load_state_dict`, which restores the saved flag.
+    the flag the count lives on the device; without it, on the host, where reading it costs
+    no synchronisation. SGD keeps no host state and has no flag; it is left as it is. Call
+    it after `load_state_dict` too, which restores the flag the state was saved with.
     """
     for group in optimizer.param_groups:
         if "capturable" not in group:
             continue
-        group["capturable"] = True
+        group["capturable"] = capturable
         for p in group["params"]:
             step = optimizer.state.get(p, {}).get("step")
-            if torch.is_tensor(step) and step.device != p.device:
-                optimizer.state[p]["step"] = step.to(p.device, torch.float32)
-    # torch warns once when a capturable optimiser steps outside a graph; CapturedStep's
-    # warm-up steps do that on purpose.
-    optimizer._warned_capturable_if_run_uncaptured = True
+            home = p.device if capturable else torch.device("cpu")
+            if torch.is_tensor(step) and step.device != home:
+                optimizer.state[p]["step"] = step.to(home, torch.float32)
+    if capturable:
+        # torch warns once when a capturable optimiser steps outside a graph; CapturedStep's
+        # warm-up steps do that on purpose.
+        optimizer._warned_capturable_if_run_uncaptured = True
     return optimizer
 
 
@@ -91,6 +96,7 @@ class CapturedStep:
         self.captures = 0  # graphs captured so far
         self.replays = 0
         self._stream: torch.cuda.Stream | None = None
+        self._stream_device: torch.device | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -126,8 +132,8 @@ class CapturedStep:
     def _eager(self, device: torch.device, inputs: tuple):
         # Warm-up on a side stream, as torch.cuda.graph asks: the autograd engine then sets
         # up its per-stream state away from the stream the capture will use.
-        if self._stream is None or self._stream.device != device:
-            self._stream = torch.cuda.Stream(device)
+        if self._stream is None or self._stream_device != device:
+            self._stream, self._stream_device = torch.cuda.Stream(device), device
         current = torch.cuda.current_stream(device)
         self._stream.wait_stream(current)
         with torch.cuda.stream(self._stream):

@@ -365,7 +365,6 @@ def _captured_search_step(cfg: SearchConfig, algo, model: nn.Module,
             "cuda_graph with memory='low': this supernet draws random numbers (S4 noise, "
             "dropout) and 'low' replays them with a saved RNG state, which a graph capture "
             "cannot read; use memory='fast' with cuda_graph")
-    make_capturable(algo.arch_optimizer)  # after a resume's load_state_dict too
 
     def step(x, y, *val_batch):
         return search_step(algo, model, training, (x, y), val_batch or None, current_lr(),
@@ -460,6 +459,9 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
             f"{' (steps replayed as CUDA graphs)' if cfg.cuda_graph else ''}, run dir {run_dir}"
             + (f"; {extra}" if extra else ""))
 
+    # Adam's step count: on the device for a graph, on the host otherwise (a checkpoint
+    # brings back the flag of the run that saved it)
+    make_capturable(algo.arch_optimizer, cfg.cuda_graph)
     # the graph's step reads the learning rate of the epoch it is captured in
     captured = _captured_search_step(cfg, algo, model, training,
                                      lambda: lr) if cfg.cuda_graph else None

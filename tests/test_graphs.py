@@ -7,7 +7,9 @@ import torch
 from fastdarts.cli import main as cli_main
 from fastdarts.graphs import CapturedStep, make_capturable
 from fastdarts.recompute import RngState
-from fastdarts.search import SearchConfig, _captured_search_step, build_search
+from fastdarts.search import (CHECKPOINT, SearchConfig, _captured_search_step, build_search,
+                              run_search)
+from tests.test_search import quiet, tiny_config, tiny_data
 
 
 @pytest.mark.parametrize("warmup", [0, -1, True, 1.5])
@@ -31,7 +33,7 @@ def test_captured_step_names_the_input_that_is_not_a_cuda_tensor():
     assert captured.captures == 0 and not captured.captured
 
 
-def test_make_capturable_sets_adams_flag_and_leaves_sgd_alone():
+def test_make_capturable_sets_adams_flag_both_ways_and_leaves_sgd_alone():
     w = torch.nn.Parameter(torch.randn(3))
     adam = torch.optim.Adam([w], lr=0.1)
     sgd = torch.optim.SGD([w], lr=0.1, momentum=0.9)
@@ -39,6 +41,11 @@ def test_make_capturable_sets_adams_flag_and_leaves_sgd_alone():
     assert make_capturable(adam) is adam and make_capturable(sgd) is sgd
     assert all(g["capturable"] for g in adam.param_groups)
     assert [dict(g) for g in sgd.param_groups] == sgd_groups  # SGD has no host state
+    make_capturable(adam, False)
+    w.grad = torch.ones(3)
+    adam.step()  # a capturable Adam would refuse CPU parameters
+    assert not adam.param_groups[0]["capturable"]
+    assert adam.state[w]["step"].device.type == "cpu"
 
 
 def _search_parts(**kw):
@@ -59,11 +66,30 @@ def test_captured_search_refuses_what_a_graph_would_replay_wrong(kw, match):
 
 @pytest.mark.parametrize("kw", [dict(space="s4", memory="fast"), dict(algo="pcdarts"),
                                 dict(algo="drnas")])
-def test_captured_search_takes_graph_safe_supernets_and_makes_adam_capturable(kw):
+def test_captured_search_takes_graph_safe_supernets(kw):
     cfg, algo, model, training = _search_parts(**kw)
     captured = _captured_search_step(cfg, algo, model, training, lambda: 0.1)
     assert isinstance(captured, CapturedStep) and not captured.captured
-    assert all(g["capturable"] for g in algo.arch_optimizer.param_groups)
+
+
+def test_a_graphed_runs_checkpoint_resumes_without_a_graph(tmp_path):
+    """A checkpoint saved by a --cuda-graph run holds a capturable Adam. Resumed where no
+    graph runs (here the CPU, which a capturable Adam refuses), the flag is cleared and the
+    run ends where an uninterrupted one does."""
+    full = run_search(tiny_config(tmp_path / "full"), data=tiny_data(), log=quiet)
+    run_search(tiny_config(tmp_path / "cut"), data=tiny_data(), stop_after_epochs=2,
+               log=quiet)
+    path = tmp_path / "cut" / CHECKPOINT
+    ckpt = torch.load(path, weights_only=False)
+    groups = ckpt["algorithm"]["arch_optimizer"]["param_groups"]
+    assert groups and not any(g["capturable"] for g in groups)
+    for g in groups:  # what the graphed run would have saved
+        g["capturable"] = True
+    torch.save(ckpt, path)
+    resumed = run_search(tiny_config(tmp_path / "cut"), resume=True, data=tiny_data(),
+                         log=quiet)
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+    assert resumed.history[-1]["weights"] == full.history[-1]["weights"]
 
 
 def test_cuda_graph_on_the_cpu_is_a_named_error(tmp_path, capsys):
