@@ -1,6 +1,7 @@
 """`fastdarts.graphs` and the search's `cuda_graph` option, the parts a CPU can check: named
-errors for what a graph cannot take, the search's refusals, the optimiser flags. The
-captured steps themselves are compared with eager ones in tests/test_gpu.py."""
+errors for what a graph cannot take, the search's refusals, the optimiser flags, resuming a
+graphed run's checkpoint without a graph, and that no method's step reads a value back from
+the device. The captured steps themselves are compared with eager ones in tests/test_gpu.py."""
 import pytest
 import torch
 
@@ -8,7 +9,7 @@ from fastdarts.cli import main as cli_main
 from fastdarts.graphs import CapturedStep, make_capturable
 from fastdarts.recompute import RngState
 from fastdarts.search import (CHECKPOINT, SearchConfig, _captured_search_step, build_search,
-                              run_search)
+                              run_search, search_step)
 from tests.test_search import quiet, tiny_config, tiny_data
 
 
@@ -106,3 +107,53 @@ def test_low_mode_rng_replay_refuses_a_graph_capture(monkeypatch):
     with pytest.raises(RuntimeError, match="memory='low' replays a block that draws random"):
         RngState.capture(torch.device("cuda"))
     assert RngState.capture(torch.device("cpu")).cuda is None  # the CPU has no graphs
+
+
+#: ops that read a device tensor back to the host: a GPU step would wait there, and a CUDA
+#: graph capture fails on them
+_READ_BACK = {"_local_scalar_dense", "item", "is_nonzero", "equal", "nonzero", "masked_select",
+              "unique", "_unique2", "unique_consecutive", "repeat_interleave"}
+
+STEPS = {
+    "darts": {}, "darts-order2": dict(order=2), "darts-fast": dict(memory="fast"),
+    "darts-reference": dict(memory="reference"), "nb201": dict(space="nb201"),
+    "s4-fast": dict(space="s4", memory="fast"), "pcdarts": dict(algo="pcdarts"),
+    "rf-pcdarts": dict(algo="rf-pcdarts"), "sdarts-rs": dict(algo="sdarts-rs"),
+    "sdarts-adv": dict(algo="sdarts-adv"), "drnas": dict(algo="drnas"),
+    "darts-minus": dict(algo="darts-minus"),
+}
+
+
+@pytest.mark.parametrize("kw", STEPS.values(), ids=STEPS.keys())
+def test_search_steps_read_nothing_back_from_the_device(kw):
+    """Every method's whole search step (architecture step, weight step, clipping, both
+    optimisers) dispatches no op that copies a tensor's value to the host. On the CPU this
+    is what can be seen of the GPU requirement (tests/test_gpu.py checks the supernet step
+    with CUDA's sync detector). The one exception is Adam's own step count, which lives
+    on the host unless it is capturable."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    cfg, algo, model, training = _search_parts(**kw)
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(4, 3, 8, 8, generator=g).contiguous(memory_format=torch.channels_last),
+             torch.randint(0, 10, (4,), generator=g))
+    for _ in range(2):  # lazily made state (momentum buffers, flat views) in place first
+        search_step(algo, model, training, batch, batch, 0.1, cfg.grad_clip)
+    host_counts = {id(s["step"]) for s in algo.arch_optimizer.state.values()}
+    read_back = []
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if (func.overloadpacket.__name__ in _READ_BACK
+                    and not (args and id(args[0]) in host_counts)):
+                read_back.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with Spy():
+        search_step(algo, model, training, batch, batch, 0.1, cfg.grad_clip)
+    assert read_back == []
+    # the spy sees them: Adam reads its host step count once per architecture tensor
+    with Spy():
+        host_counts.clear()
+        algo.arch_optimizer.step()
+    assert read_back == ["_local_scalar_dense"] * len(list(model.arch_parameters()))
