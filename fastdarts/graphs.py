@@ -97,10 +97,14 @@ class CapturedStep:
         self.replays = 0
         self._stream: torch.cuda.Stream | None = None
         self._stream_device: torch.device | None = None
+        self._graph = None
         self.reset()
 
     def reset(self) -> None:
         """Drop the graph and its memory; the next call warms up again."""
+        if self._graph is not None:
+            # its last replay may still run, and its memory must outlive that
+            torch.cuda.synchronize(self._key[1])
         self._key: Hashable = None
         self._eager_left = self.warmup
         self._graph = None
