@@ -4,6 +4,7 @@ from __future__ import annotations
 from .flat import FlatParameters
 from .genotypes import (DartsGenotype, NB201Genotype, load_genotype, nb201_arch_index,
                         save_genotype)
+from .graphs import CapturedStep, make_capturable
 from .hvp import fd_hvp
 from .mixed import MEMORY_MODES, FusedMixedOp, MixedOp
 from .partial import PartialMixedOp
@@ -18,6 +19,6 @@ __version__ = "0.1.0"
 __all__ = ["MixedOp", "FusedMixedOp", "PartialMixedOp", "MEMORY_MODES", "patch", "unpatch",
            "PatchReport", "recompute", "wider", "fd_hvp", "FlatParameters", "build_supernet",
            "DartsSupernet", "NB201Supernet",
-           "SearchConfig", "run_search",
+           "SearchConfig", "run_search", "CapturedStep", "make_capturable",
            "DartsGenotype", "NB201Genotype", "save_genotype", "load_genotype",
            "nb201_arch_index", "__version__"]
