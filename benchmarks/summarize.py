@@ -86,17 +86,20 @@ def _graph_table(groups) -> list[str]:
     replayed the same way and against the eager reference, from the interleaved run."""
     lines = ["", "Steps replayed as CUDA graphs (`fastdarts.graphs.CapturedStep`):", "",
              "| supernet | mode | backend | batch | step (s) | time vs graphed reference, "
-             "interleaved | time vs eager reference, interleaved | energy mJ/step |",
-             "|---|---|---|---|---|---|---|---|"]
+             "interleaved | time vs eager reference, interleaved | peak MiB (with the "
+             "graph's pool) | peak vs graphed reference | energy mJ/step |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for group in sorted(groups):
-        for b in groups[group]:
-            e = b["extra_info"]
+        infos = [b["extra_info"] for b in groups[group]]
+        ref = next((e for e in infos if e["mode"] == "reference"), None)
+        for e in infos:
             energy = e.get("energy_mJ_per_step")
+            peak = "" if ref is None else f"1/{ref['peak_MiB'] / max(e['peak_MiB'], 1e-9):.1f}"
             lines.append(
                 f"| {e['space']} | {e['mode']} | {e['backend']} | {e['batch']} | "
                 f"{e['median_s']:.3f} | {e['time_vs_graphed_reference_interleaved']:.2f}x | "
-                f"{e['time_vs_eager_reference_interleaved']:.2f}x | "
-                f"{'' if energy is None else f'{energy:.0f}'} |")
+                f"{e['time_vs_eager_reference_interleaved']:.2f}x | {e['peak_MiB']:.1f} | "
+                f"{peak} | {'' if energy is None else f'{energy:.0f}'} |")
     return lines
 
 
