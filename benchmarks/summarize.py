@@ -25,9 +25,14 @@ def summarize(path: str) -> str:
                     if r[0]["extra_info"].get("kind") == "second_order_step"}
     graphed = {g: r for g, r in groups.items()
                if r[0]["extra_info"].get("kind") == "supernet_step_graph"}
+    search_steps = {g: r for g, r in groups.items()
+                    if r[0]["extra_info"].get("kind") == "search_step"}
     if second_order:
         lines += _second_order_table(second_order)
-    groups = {g: r for g, r in groups.items() if g not in second_order and g not in graphed}
+    if search_steps:
+        lines += _search_step_table(search_steps)
+    groups = {g: r for g, r in groups.items()
+              if g not in second_order and g not in graphed and g not in search_steps}
     if len(step_groups) < len(groups):
         lines += ["", "| group | backend | median (us) | p20-p80 (us) | speed-up vs reference | "
                   "GB/s | peak MiB | energy mJ/call |", "|---|---|---|---|---|---|---|---|"]
@@ -79,6 +84,22 @@ def summarize(path: str) -> str:
     if graphed:
         lines += _graph_table(graphed)
     return "\n".join(lines) + "\n"
+
+
+def _search_step_table(groups) -> list[str]:
+    """bench_search_step: a whole search iteration per method, memory mode and eager or
+    CUDA graph, against the eager original of the same method."""
+    lines = ["", "| method | memory | step | batch | step (s) | time vs eager reference |",
+             "|---|---|---|---|---|---|"]
+    for group in sorted(groups):
+        for b in groups[group]:
+            e = b["extra_info"]
+            ratio = e.get("time_vs_eager_reference")
+            lines.append(
+                f"| {e['method']} | {e['memory']} | {'CUDA graph' if e['graphed'] else 'eager'} "
+                f"| {e['batch']} | {e['median_s']:.3f} | "
+                f"{'' if ratio is None else f'{ratio:.2f}x'} |")
+    return lines
 
 
 def _graph_table(groups) -> list[str]:

@@ -21,6 +21,7 @@ from torch.profiler import record_function
 
 from .backends import select_backend
 from .flat import FlatParameters
+from .training import weights_frozen
 
 __all__ = ["fd_hvp", "virtual_step", "sq_norm", "perturb", "combine", "flat_grads",
            "ARITHMETIC"]
@@ -184,7 +185,9 @@ def fd_hvp(loss_fn: Callable[[], torch.Tensor], weights, arch: Sequence[torch.Te
             write = lambda: torch._foreach_copy_(targets, out_views)  # noqa: E731
             restore = lambda: torch._foreach_copy_(targets, w0_views)  # noqa: E731
     try:
-        g_plus, g_minus, sq = finite_difference(loss_fn, out, w0, v, arch, r, backend, write)
+        with weights_frozen(params):  # the two passes want d/d arch only
+            g_plus, g_minus, sq = finite_difference(loss_fn, out, w0, v, arch, r, backend,
+                                                    write)
     finally:
         with torch.no_grad():
             restore()

@@ -353,8 +353,12 @@ class _NodewiseCellFunction(torch.autograd.Function):
             pre_params = [q for m in (cell.preprocess0, cell.preprocess1)
                           for q in listed_parameters(m) if q.requires_grad]
             ins = [a for a in (a0, a1) if a.requires_grad] + pre_params
-            got = iter(torch.autograd.grad(pre, ins, g_states[:2], allow_unused=True)
-                       if ins else ())
+            # A preprocessing with frozen weights of an input that needs no gradient (the
+            # stem's output while the weights are frozen) has no graph: left out.
+            outs = [k for k in (0, 1) if pre[k].requires_grad and g_states[k] is not None]
+            got = iter(torch.autograd.grad([pre[k] for k in outs], ins,
+                                           [g_states[k] for k in outs], allow_unused=True)
+                       if ins and outs else [None] * len(ins))
         d0 = next(got) if a0.requires_grad else None
         d1 = next(got) if a1.requires_grad else None
         collect(zip(pre_params, got))

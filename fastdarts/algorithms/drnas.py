@@ -293,12 +293,13 @@ class DrNAS(DARTS):
         x_val, y_val = val_batch
         arch = model.arch_parameters()
         self.arch_optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(model(x_val, self.mixing_weights(model, "arch")), y_val)
-        objective = loss
-        if self.config.drnas_reg == "kl":
-            objective = loss + self.config.drnas_reg_scale * sum(
-                kl_to_uniform(t, self._kept_idx(i)) for i, t in enumerate(arch))
-        grads_into(objective, arch)
+        with self.weights_frozen(model):
+            loss = self.loss(model(x_val, self.mixing_weights(model, "arch")), y_val)
+            objective = loss
+            if self.config.drnas_reg == "kl":
+                objective = loss + self.config.drnas_reg_scale * sum(
+                    kl_to_uniform(t, self._kept_idx(i)) for i, t in enumerate(arch))
+            grads_into(objective, arch)
         self.step_architecture()
         return {"arch_loss": loss.detach()}
 

@@ -82,8 +82,9 @@ class SDARTSADV(_SDARTS):
 
     def weight_step_weights(self, model, batch):
         p0, rest = self._split(model)
-        return attack(lambda ws: self.loss(model(batch[0], ws + rest), batch[1]), model, p0,
-                      self.epsilon, self.config.sdarts_attack_steps)
+        with self.weights_frozen(model):  # the attack differentiates the mixing weights only
+            return attack(lambda ws: self.loss(model(batch[0], ws + rest), batch[1]), model,
+                          p0, self.epsilon, self.config.sdarts_attack_steps)
 
 
 def attack(loss_of, model, p0: tuple, eps: float, steps: int) -> tuple:
