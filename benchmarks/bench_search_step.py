@@ -10,12 +10,21 @@ is against the eager original (memory="reference") of the same method in the sam
 
     python -m pytest benchmarks/bench_search_step.py --benchmark-json=benchmarks/results/X.json
     python benchmarks/summarize.py benchmarks/results/X.json
+    python -m benchmarks.bench_search_step [ROUNDS]   # interleaved ratios, as JSON
+
+The last form times every memory mode of a method side by side, one step of each per round
+in rotating order, and prints the median over rounds of (mode / eager reference): on a
+shared machine only ratios taken this way compare.
 
 FASTDARTS_BENCH_BATCH (default 4 on the CPU, 64 on a GPU), FASTDARTS_BENCH_ROUNDS (3 / 20).
 """
 from __future__ import annotations
 
+import json
 import os
+import statistics
+import sys
+import time
 
 import pytest
 import torch
@@ -84,3 +93,31 @@ def test_search_step(benchmark, method, memory, graphed):
         kind="search_step", method=method, memory=memory, graphed=graphed, batch=BATCH,
         device=DEVICE, backend=os.environ.get("FASTDARTS_BACKEND", "auto"), median_s=median,
         time_vs_eager_reference=None if ref is None else median / ref)
+
+
+def interleaved(method: str, rounds: int, batch: int = BATCH) -> dict:
+    """(mode, graphed) label -> median over rounds of its step time / the eager reference's
+    in the same round."""
+    rows = {f"{m}{' graph' if g else ''}": make_step(method, m, g, batch)
+            for m in MEMORY for g in GRAPHED}
+    labels = list(rows)
+    for step in rows.values():  # warm-up (and, for graphs, the capture)
+        for _ in range(3):
+            step()
+    ratios = {label: [] for label in labels}
+    for r in range(rounds):
+        times = {}
+        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+            _sync()
+            t0 = time.perf_counter()
+            rows[label]()
+            _sync()
+            times[label] = time.perf_counter() - t0
+        for label in labels:
+            ratios[label].append(times[label] / times["reference"])
+    return {label: round(statistics.median(v), 3) for label, v in ratios.items()}
+
+
+if __name__ == "__main__":
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    print(json.dumps({m: interleaved(m, n) for m in METHODS}, indent=1))
