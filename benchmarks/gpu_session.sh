@@ -2,7 +2,7 @@
 # One GPU lease, one command: build the extension, record the environment, run the tests and
 # the benchmarks, leave logs and results under $OUT (default ./gpu-out).
 #   bash benchmarks/gpu_session.sh COMMIT [build] [tests-gpu] [tests-all] [bench-mixed]
-#        [bench-pcdarts] [bench-second-order] [bench-methods] [profile] [a pytest path] ...
+#        [bench-search] [bench-pcdarts] [bench-second-order] [bench-methods] [profile] [a pytest path] ...
 # Stages run in the order given; a failed build stops the rest.
 set -uo pipefail
 COMMIT=${1:?commit}; shift
@@ -30,6 +30,12 @@ for stage in "$@"; do
         python3 benchmarks/summarize.py "$OUT/$STAMP-mixed_op-$b.json" > "$OUT/$STAMP-mixed_op-$b.md"
         cat "$OUT/$STAMP-mixed_op-$b.md"
       done ;;
+    bench-search)
+      python3 -m pytest -q -p no:cacheprovider benchmarks/bench_search_step.py \
+        --benchmark-json="$OUT/$STAMP-search_step.json" 2>&1 | tail -5
+      python3 benchmarks/summarize.py "$OUT/$STAMP-search_step.json" \
+        | tee "$OUT/$STAMP-search_step.md"
+      python3 -m benchmarks.bench_search_step 10 | tee "$OUT/$STAMP-search_step-interleaved.json" ;;
     bench-pcdarts)
       python3 -m pytest -q -p no:cacheprovider benchmarks/bench_pcdarts.py \
         --benchmark-json="$OUT/$STAMP-imagenet_supernets.json" 2>&1 | tail -5
