@@ -29,8 +29,8 @@ import time
 import pytest
 import torch
 
-from fastdarts.graphs import CapturedStep, make_capturable
-from fastdarts.search import SearchConfig, build_search, search_step
+from fastdarts.graphs import make_capturable
+from fastdarts.search import SearchConfig, _captured_search_step, build_search, search_step
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BATCH = int(os.environ.get("FASTDARTS_BENCH_BATCH", "64" if DEVICE == "cuda" else "4"))
@@ -62,9 +62,8 @@ def make_step(method: str, memory: str, graphed: bool, batch: int = BATCH):
     lr = training.start_epoch(0)
     if not graphed:
         return lambda: search_step(algo, model, training, train, val, lr, cfg.grad_clip)
-    make_capturable(algo.arch_optimizer)
-    captured = CapturedStep(lambda x, y, xv, yv: search_step(
-        algo, model, training, (x, y), (xv, yv), lr, cfg.grad_clip))
+    make_capturable(algo.arch_optimizer)  # as run_search does with --cuda-graph
+    captured = _captured_search_step(cfg, algo, model, training, lambda: lr)
     return lambda: captured(None, *train, *val)
 
 
