@@ -12,9 +12,9 @@ A graph bakes in every host value the step reads: the learning rate, SDARTS's ra
 ops DrNAS keeps, whether an architecture step runs. It also bakes in the shapes and the
 memory of every tensor it touches. So `CapturedStep` keys its graph on those values (the
 caller's `key`) and on its inputs' shapes, strides and dtypes. A new key drops the graph and
-warms up again. In a search the key is the epoch and whether architecture updates are on: the
-schedules move once per epoch, and a method that replaces weights (DrNAS widening) does so
-at the start of an epoch.
+warms up again. In a search the key is the epoch, whether architecture updates are on and
+the learning rate: the schedules move once per epoch, and a method that replaces weights
+(DrNAS widening) does so at the start of an epoch.
 """
 from __future__ import annotations
 
