@@ -19,14 +19,10 @@ def summarize(path: str) -> str:
              f"{machine.get('torch')} (CUDA {machine.get('torch_cuda')}), triton "
              f"{machine.get('triton')}, commit {machine.get('git_commit')}, "
              f"date {report.get('datetime')}"]
-    step_groups = {g: r for g, r in groups.items()
-                   if r[0]["extra_info"].get("kind") == "supernet_step"}
-    second_order = {g: r for g, r in groups.items()
-                    if r[0]["extra_info"].get("kind") == "second_order_step"}
-    graphed = {g: r for g, r in groups.items()
-               if r[0]["extra_info"].get("kind") == "supernet_step_graph"}
-    search_steps = {g: r for g, r in groups.items()
-                    if r[0]["extra_info"].get("kind") == "search_step"}
+    def of_kind(kind):
+        return {g: r for g, r in groups.items() if r[0]["extra_info"].get("kind") == kind}
+    step_groups, second_order = of_kind("supernet_step"), of_kind("second_order_step")
+    graphed, search_steps = of_kind("supernet_step_graph"), of_kind("search_step")
     if second_order:
         lines += _second_order_table(second_order)
     if search_steps:
