@@ -286,7 +286,10 @@ def _check_inputs(owner, x, weights):
 
 
 def _weights_acc(weights, x, acc):
-    return weights.detach().to(device=x.device, dtype=acc, non_blocking=True).contiguous()
+    w = weights.detach()
+    if w.dtype != acc or w.device != x.device:  # (a no-op `.to` is still a dispatcher call)
+        w = w.to(device=x.device, dtype=acc, non_blocking=True)
+    return w if w.is_contiguous() else w.contiguous()
 
 
 def _reusable(st: Optional[TailStats], bn: _BatchNorm) -> bool:
@@ -340,7 +343,10 @@ def _identity_backward(edge: _Edge, g, x, w_acc, p: OpPlan, need_x: bool, dW):
     """-> the term `w_k * g` of dx (or None) of an identity op; writes dW[k]."""
     if dW is not None:
         edge.op_backward(g, x, w_acc, p, None, False, dW)
-    return g * w_acc[p.index].to(g.dtype) if need_x else None
+    if not need_x:
+        return None
+    w = w_acc[p.index]
+    return g * (w if w.dtype == g.dtype else w.to(g.dtype))
 
 
 def _add(a, b):
@@ -348,7 +354,9 @@ def _add(a, b):
 
 
 def _as_weights_grad(dW, weights):
-    return None if dW is None else dW.to(device=weights.device, dtype=weights.dtype)
+    if dW is None or (dW.dtype == weights.dtype and dW.device == weights.device):
+        return dW
+    return dW.to(device=weights.device, dtype=weights.dtype)
 
 
 def _op_params(p: OpPlan) -> list[nn.Parameter]:

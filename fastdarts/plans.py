@@ -169,6 +169,11 @@ def _segment_backward(seg: Segment, a0, g, need_in: bool, need_p, autocast: Auto
     `after_relu`: the head's leading ReLU is then skipped), its final conv backpropagated
     without running it. -> (gradient of a0 or None, a gradient or None per parameter)."""
     modules = seg.head_modules[1:] if after_relu else seg.head_modules
+    if not modules and not autocast.enabled:  # ReLU-Conv after the edge's shared ReLU
+        grads = [None] * len(seg.params)
+        a_in = a0.detach() if a0.requires_grad else a0
+        ga = _last_conv_backward(seg, a_in, g, need_p, grads)
+        return (ga if need_in else None), grads
     if (seg.simple_head and not autocast.enabled
             and not any(depthwise.hooked(m) for m in modules)):
         return _simple_head_backward(seg, modules, a0, g, need_in, need_p)
@@ -200,13 +205,17 @@ def _last_conv_backward(seg: Segment, a_in, g, need_p, grads):
     conv, n_head = seg.last, seg.n_head_params
     w = conv.weight if conv.weight.dtype == a_in.dtype else conv.weight.to(a_in.dtype)
     has_bias = conv.bias is not None
+    # (dtype casts only where they change something: a no-op `.to` is a dispatcher call,
+    # and this runs for every conv of every edge)
     ga, gw, gb = torch.ops.aten.convolution_backward(
-        g.to(a_in.dtype), a_in, w.detach(), [conv.out_channels] if has_bias else None,
-        conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups,
-        [True, need_p[n_head], has_bias and need_p[n_head + 1]])
-    grads[n_head] = None if gw is None else gw.to(conv.weight.dtype)
+        g if g.dtype == a_in.dtype else g.to(a_in.dtype), a_in, w.detach(),
+        [conv.out_channels] if has_bias else None, conv.stride, conv.padding, conv.dilation,
+        False, [0, 0], conv.groups, [True, need_p[n_head], has_bias and need_p[n_head + 1]])
+    if gw is not None and gw.dtype != conv.weight.dtype:
+        gw = gw.to(conv.weight.dtype)
+    grads[n_head] = gw
     if has_bias and gb is not None:
-        grads[n_head + 1] = gb.to(conv.bias.dtype)
+        grads[n_head + 1] = gb if gb.dtype == conv.bias.dtype else gb.to(conv.bias.dtype)
     return ga
 
 
