@@ -15,6 +15,7 @@ replays, which keep nothing past the backward of their block anyway, and the edg
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -169,11 +170,6 @@ def _segment_backward(seg: Segment, a0, g, need_in: bool, need_p, autocast: Auto
     `after_relu`: the head's leading ReLU is then skipped), its final conv backpropagated
     without running it. -> (gradient of a0 or None, a gradient or None per parameter)."""
     modules = seg.head_modules[1:] if after_relu else seg.head_modules
-    if not modules and not autocast.enabled:  # ReLU-Conv after the edge's shared ReLU
-        grads = [None] * len(seg.params)
-        a_in = a0.detach() if a0.requires_grad else a0
-        ga = _last_conv_backward(seg, a_in, g, need_p, grads)
-        return (ga if need_in else None), grads
     if (seg.simple_head and not autocast.enabled
             and not any(depthwise.hooked(m) for m in modules)):
         return _simple_head_backward(seg, modules, a0, g, need_in, need_p)
@@ -228,8 +224,9 @@ def _simple_head_backward(seg: Segment, modules, a0, g, need_in: bool, need_p):
     without a graph, keeping what each module's backward reads, and backpropagated with
     the aten ops autograd would run (ReLU: `threshold_backward` on its output; BN: its batch
     statistics, running ones left alone as in any recompute)."""
-    with torch.no_grad():
-        acts, saved = [a0.detach()], [None] * len(modules)
+    acts, saved = [a0.detach()], [None] * len(modules)
+    # (an empty head, a ReLU-Conv after the edge's shared ReLU, goes straight to the conv)
+    with torch.no_grad() if modules else contextlib.nullcontext():
         for i, m in enumerate(modules):
             a = acts[-1]
             if type(m) is nn.ReLU:
