@@ -36,7 +36,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .backends import select_backend
 from .ops.darts import OPS, POOL_OPS, PRIMITIVES
-from .plans import OpPlan, plans_of, segments_backward, segments_forward
+from .plans import OpPlan, as_dtype, plans_of, segments_backward, segments_forward
 from .reference.mixed_op import acc_dtype, running_stats_update_ref
 from .recompute import (AutocastState, frozen_bn_stats, is_recomputing, recording_tape,
                         replayed_stats, RngState, values_unread)
@@ -212,7 +212,7 @@ class _Edge:
         if acc_buf is None:  # every op is `none`: the original returns zeros of its shape
             zero = next(p for p in self.plans if p.kind == "zero")
             return zero.module(x.detach())
-        return acc_buf if acc_buf.dtype == out_dtype else acc_buf.to(out_dtype)
+        return as_dtype(acc_buf, out_dtype)
 
     def new_weight_grads(self, x, needed: bool) -> Optional[torch.Tensor]:
         """The (K,) buffer the backward kernels write each dw_k into (skipped ops keep 0)."""
@@ -237,7 +237,7 @@ class _Edge:
         rstds = [None if st is None else st.rstd for st in sts]
         batch = [st is not None and st.batch for st in sts]
         gammas, betas = _affines(plans, self.acc, self.any_affine)
-        gz = g if g.dtype == zs[0].dtype else g.to(zs[0].dtype)
+        gz = as_dtype(g, zs[0].dtype)
         sum_g, sum_gx = self.be.bn_grad_reduce_edge(gz, zs, means, rstds, gammas, betas, dW, ks)
         # Input gradients of the ops that need them: usually the first m, since callers list
         # an identity (reduced only for its dW) last; else picked out.
@@ -345,8 +345,7 @@ def _identity_backward(edge: _Edge, g, x, w_acc, p: OpPlan, need_x: bool, dW):
         edge.op_backward(g, x, w_acc, p, None, False, dW)
     if not need_x:
         return None
-    w = w_acc[p.index]
-    return g * (w if w.dtype == g.dtype else w.to(g.dtype))
+    return g * as_dtype(w_acc[p.index], g.dtype)
 
 
 def _add(a, b):

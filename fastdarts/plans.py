@@ -27,7 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from . import depthwise
 from .recompute import AutocastState, cache_generation, frozen_bn_stats, module_uses_rng
 
-__all__ = ["OpPlan", "Segment", "plan_op", "plan_ops", "plans_of", "segments_forward",
+__all__ = ["OpPlan", "Segment", "as_dtype", "plan_op", "plan_ops", "plans_of", "segments_forward",
            "segments_backward"]
 
 
@@ -193,25 +193,26 @@ def _segment_backward(seg: Segment, a0, g, need_in: bool, need_p, autocast: Auto
     return d_in, grads
 
 
+def as_dtype(t: Optional[torch.Tensor], dtype) -> Optional[torch.Tensor]:
+    """`t.to(dtype)`, but only when it changes something: a no-op `.to` is still a
+    dispatcher call, and the fused paths cast per op of every edge (None passes through)."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
 def _last_conv_backward(seg: Segment, a_in, g, need_p, grads):
     """Backpropagate the segment's final full conv (if any) from its recomputed input `a_in`
     without running it: its parameter gradients go into `grads`; -> gradient of `a_in`."""
     if seg.last is None:
         return g
     conv, n_head = seg.last, seg.n_head_params
-    w = conv.weight if conv.weight.dtype == a_in.dtype else conv.weight.to(a_in.dtype)
     has_bias = conv.bias is not None
-    # (dtype casts only where they change something: a no-op `.to` is a dispatcher call,
-    # and this runs for every conv of every edge)
     ga, gw, gb = torch.ops.aten.convolution_backward(
-        g if g.dtype == a_in.dtype else g.to(a_in.dtype), a_in, w.detach(),
+        as_dtype(g, a_in.dtype), a_in, as_dtype(conv.weight, a_in.dtype).detach(),
         [conv.out_channels] if has_bias else None, conv.stride, conv.padding, conv.dilation,
         False, [0, 0], conv.groups, [True, need_p[n_head], has_bias and need_p[n_head + 1]])
-    if gw is not None and gw.dtype != conv.weight.dtype:
-        gw = gw.to(conv.weight.dtype)
-    grads[n_head] = gw
+    grads[n_head] = as_dtype(gw, conv.weight.dtype)
     if has_bias and gb is not None:
-        grads[n_head + 1] = gb if gb.dtype == conv.bias.dtype else gb.to(conv.bias.dtype)
+        grads[n_head + 1] = as_dtype(gb, conv.bias.dtype)
     return ga
 
 
