@@ -25,19 +25,26 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import depthwise
+from .ops.pointwise import strided_pointwise_conv, subsample, subsamples_first, unsubsample
 from .recompute import AutocastState, cache_generation, frozen_bn_stats, module_uses_rng
 
 __all__ = ["OpPlan", "Segment", "as_dtype", "plan_op", "plan_ops", "plans_of", "segments_forward",
            "segments_backward"]
 
 
-def _depthwise_call(m: nn.Conv2d) -> Callable:
-    return lambda x: depthwise.conv(m, x)
+def _call(m: nn.Module) -> Callable:
+    """How a plan runs `m`: depthwise convs through `fastdarts.depthwise`, strided 1x1 convs
+    through `fastdarts.ops.pointwise` (the CPU's wrong weight gradient), the rest as is."""
+    if depthwise.is_depthwise(m):
+        return lambda x: depthwise.conv(m, x)
+    if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1):
+        return lambda x: strided_pointwise_conv(m, x)
+    return m
 
 
 def _chain(mods: Sequence[nn.Module]) -> Callable:
-    """The modules one after the other; depthwise convs through `fastdarts.depthwise`."""
-    steps = tuple(_depthwise_call(m) if depthwise.is_depthwise(m) else m for m in mods)
+    """The modules one after the other, each as `_call` runs it."""
+    steps = tuple(_call(m) for m in mods)
 
     def run(x):
         for step in steps:
@@ -206,10 +213,16 @@ def _last_conv_backward(seg: Segment, a_in, g, need_p, grads):
         return g
     conv, n_head = seg.last, seg.n_head_params
     has_bias = conv.bias is not None
+    x, stride, padding = a_in, conv.stride, conv.padding
+    cut = subsamples_first(a_in, conv.weight, stride, padding, need_p[n_head])
+    if cut:  # oneDNN's strided 1x1 weight gradient (fastdarts.ops.pointwise)
+        x, stride = subsample(a_in, stride), (1, 1)
     ga, gw, gb = torch.ops.aten.convolution_backward(
-        as_dtype(g, a_in.dtype), a_in, as_dtype(conv.weight, a_in.dtype).detach(),
-        [conv.out_channels] if has_bias else None, conv.stride, conv.padding, conv.dilation,
+        as_dtype(g, a_in.dtype), x, as_dtype(conv.weight, a_in.dtype).detach(),
+        [conv.out_channels] if has_bias else None, stride, padding, conv.dilation,
         False, [0, 0], conv.groups, [True, need_p[n_head], has_bias and need_p[n_head + 1]])
+    if cut:
+        ga = unsubsample(ga, a_in, conv.stride)
     grads[n_head] = as_dtype(gw, conv.weight.dtype)
     if has_bias and gb is not None:
         grads[n_head + 1] = as_dtype(gb, conv.bias.dtype)
@@ -312,12 +325,14 @@ class OpPlan:
 
 
 def _factorized_reduce_body(m: nn.Module) -> Callable:
-    """DARTS FactorizedReduce without its ReLU and BN: maps relu(x) to the concat."""
+    """DARTS FactorizedReduce (ours or a user's, matched by structure) without its ReLU and
+    BN: maps relu(x) to the concat."""
     def rest(r):
         if r.shape[-1] % 2 or r.shape[-2] % 2:
             raise ValueError(
                 f"FactorizedReduce needs an even spatial size; got {tuple(r.shape[-2:])}")
-        return torch.cat([m.conv_1(r), m.conv_2(r[:, :, 1:, 1:])], dim=1)
+        return torch.cat([strided_pointwise_conv(m.conv_1, r),
+                          strided_pointwise_conv(m.conv_2, r[:, :, 1:, 1:])], dim=1)
     return rest
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fastdarts.ops.pointwise import strided_pointwise_conv
 from fastdarts.ops.pooling import AvgPool2d
 
 __all__ = [
@@ -125,7 +126,8 @@ class FactorizedReduce(nn.Module):
             raise ValueError(
                 f"FactorizedReduce needs an even spatial size; got {tuple(x.shape[-2:])}")
         x = self.relu(x)
-        out = torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1)
+        out = torch.cat([strided_pointwise_conv(self.conv_1, x),
+                         strided_pointwise_conv(self.conv_2, x[:, :, 1:, 1:])], dim=1)
         return self.bn(out)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fastdarts.ops.pointwise import strided_pointwise_conv
 from fastdarts.ops.pooling import AvgPool2d
 
 __all__ = ["PRIMITIVES", "OPS", "ReLUConvBN", "Pooling", "Zero", "FactorizedReduce",
@@ -89,7 +90,8 @@ class FactorizedReduce(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(x)
         y = self.pad(x)
-        out = torch.cat([self.convs[0](x), self.convs[1](y[:, :, 1:, 1:])], dim=1)
+        out = torch.cat([strided_pointwise_conv(self.convs[0], x),
+                         strided_pointwise_conv(self.convs[1], y[:, :, 1:, 1:])], dim=1)
         return self.bn(out)
 
 
