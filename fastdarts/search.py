@@ -28,11 +28,11 @@ from .genotypes import genotype_to_dict, save_genotype
 from .graphs import CapturedStep, make_capturable
 from .recompute import module_uses_rng
 from .report import JsonlLog, plot_arch_weights
-from .spaces import build_supernet
+from .spaces import DEFAULT_C, build_supernet
 from .training import WeightTraining
 
-__all__ = ["SearchConfig", "SearchResult", "run_search", "build_search", "search_step",
-           "evaluate", "DATASET_PRESETS"]
+__all__ = ["SearchConfig", "SearchResult", "RunExistsError", "run_search", "build_search",
+           "search_step", "evaluate", "DATASET_PRESETS"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -161,6 +161,15 @@ class SearchConfig:
             raise ValueError(f"hvp_r must be a positive finite number; got {self.hvp_r}")
         if self.partial_k is not None and self.partial_k < 1:
             raise ValueError(f"partial_k must be >= 1; got {self.partial_k}")
+        # a partial-channel edge runs its ops on C/K of its C channels; the first cells have
+        # C = init_channels and the later ones multiples of it
+        channels = self.init_channels or DEFAULT_C
+        for name, ks in (("partial_k", [self.partial_k]), ("drnas_k", self.drnas_k or [])):
+            for k in ks:
+                if k is not None and channels % k:
+                    raise ValueError(f"{name} ({k}) must divide init_channels ({channels}): a "
+                                     f"partial-channel edge runs its ops on init_channels / "
+                                     f"{name} channels")
         for name in ("arch_warmup_epochs", "lr_warmup_epochs", "data_workers"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -210,6 +219,15 @@ TUPLE_FIELDS = ("arch_betas", "drnas_k", "drnas_ops", "imagenet_fractions")
 # (decoded ImageNet crops depend on the pass and position only, not on the workers).
 # A graph replays the kernels the eager step runs, so cuda_graph is one of them too.
 _RESUME_FREE = {"run_dir", "device", "progress", "data_dir", "data_workers", "cuda_graph"}
+
+
+class RunExistsError(FileExistsError):
+    """`run_dir` already holds a search's checkpoint and `resume` was not asked for."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        super().__init__(f"{run_dir / CHECKPOINT} exists: pass resume=True to continue that "
+                         f"search, or choose another run_dir")
 
 
 @dataclass
@@ -386,7 +404,6 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
     """
     cfg = config.resolved()
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / CHECKPOINT
     device = _device(cfg.device)
     if cfg.cuda_graph and device.type != "cuda":
@@ -407,8 +424,7 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
                                 f"{cfg.to_dict()[k]!r}" for k in mismatched)
             raise ValueError(f"resume: the configuration differs from the checkpoint's ({details})")
     elif ckpt_path.exists():
-        raise FileExistsError(f"{ckpt_path} exists: pass resume=True (--resume) to continue "
-                              "that search, or choose another run_dir")
+        raise RunExistsError(run_dir)
 
     if cfg.deterministic:
         # cuDNN picks non-deterministic algorithms by default; this makes a run (and its
@@ -425,6 +441,9 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
         None if checkpoint is None else checkpoint["algorithm"], stem=data.spec.stem)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     w_optimizer, scheduler = training.optimizer, training.scheduler
+    # only now, with the data read and the supernet built: a start that fails leaves no
+    # empty run directory behind
+    run_dir.mkdir(parents=True, exist_ok=True)
 
     def loader(split, batch_size, train, seed=0):
         return make_loader(split, data.spec, batch_size, shuffle=train, train=train, seed=seed,
@@ -448,7 +467,8 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
         set_rng_state(checkpoint["rng"])
         start_epoch, history = checkpoint["epoch"], checkpoint["history"]
         log_file.truncate_after(start_epoch - 1)
-        log(f"resumed {run_dir} at epoch {start_epoch}/{cfg.epochs}")
+        log(f"resumed {run_dir}: {start_epoch} of {cfg.epochs} epochs done"
+            + (f", continuing with epoch {start_epoch + 1}" if start_epoch < cfg.epochs else ""))
     else:
         atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         log_file.path.unlink(missing_ok=True)
@@ -558,7 +578,9 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
             "final_val_accuracy": history[-1]["val_acc"] if history else None,
             "search_time_s_this_session": time.perf_counter() - search_start,
             "num_weights": sum(p.numel() for p in training.params),
-            "method": algo.describe() or None,
+            "method": {"algo": cfg.algo, "order": cfg.order,
+                       "summary": algorithm_class(cfg.algo).summary,
+                       "settings": algo.describe() or None},
             "torch": torch.__version__, "device": str(device),
         }
         atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2) + "\n")

@@ -58,8 +58,13 @@ def test_missing_file_names_the_file_and_how_to_get_it(tmp_path):
         load_dataset("svhn", tmp_path)
     with pytest.raises(MissingDatasetError, match="train_data_batch_1"):
         load_dataset("imagenet16-120", tmp_path)
-    with pytest.raises(ValueError, match="data_dir is required"):
-        load_dataset("cifar100", None)
+    # no data_dir at all: the same help, with the folder layout under DATA_DIR
+    for name, where in (("cifar10", "DATA_DIR/cifar-10-batches-py/data_batch_1"),
+                        ("cifar100", "DATA_DIR/cifar-100-python/train"),
+                        ("svhn", "train_32x32.mat .* into DATA_DIR"),
+                        ("imagenet16-120", "train_data_batch_1..10 .* in DATA_DIR")):
+        with pytest.raises(MissingDatasetError, match=rf"no data_dir \(--data-dir\).*{where}"):
+            load_dataset(name, None)
 
 
 def test_corrupt_file_is_reported(tmp_path):

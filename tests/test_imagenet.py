@@ -120,7 +120,7 @@ def test_decode_eval_resizes_short_side_and_centre_crops(imagenet_dir):
 def test_errors_name_the_folder_or_file(imagenet_dir, tmp_path):
     with pytest.raises(MissingDatasetError, match=r"missing image folder .*train.*train/<wnid>"):
         load_dataset("imagenet", tmp_path)
-    with pytest.raises(ValueError, match="data_dir is required"):
+    with pytest.raises(MissingDatasetError, match=r"no data_dir .*DATA_DIR/train/<wnid>"):
         load_dataset("imagenet", None)
     (tmp_path / "train" / "n0").mkdir(parents=True)
     with pytest.raises(CorruptDatasetError, match=r"n0 holds no images"):

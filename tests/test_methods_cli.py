@@ -49,7 +49,7 @@ def test_cli_short_search_writes_a_genotype_of_the_space(algo, space_kind, tmp_p
     history = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert len(history) == 2
     if algo.startswith("rf-"):
-        assert "random features seed 2" in out and "random features seed 2" in result["method"]
+        assert "random features seed 2" in out and "random features seed 2" in result["method"]["settings"]
     if algo == "darts-minus":
         assert "auxiliary skip beta 1.0 -> 0.5" in out
     if algo.startswith("sdarts"):

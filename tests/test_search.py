@@ -7,7 +7,7 @@ import torch
 
 from fastdarts.cli import main as cli_main
 from fastdarts.data import synthetic_data
-from fastdarts.search import SearchConfig, run_search
+from fastdarts.search import RunExistsError, SearchConfig, run_search
 
 
 def tiny_config(run_dir, **kw):
@@ -88,8 +88,9 @@ def test_resume_rejects_a_changed_configuration(tmp_path):
     changed = tiny_config(tmp_path / "run", lr=0.5)
     with pytest.raises(ValueError, match="lr: checkpoint 0.025 vs now 0.5"):
         run_search(changed, resume=True, data=tiny_data(), log=quiet)
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(RunExistsError, match="resume=True") as raised:
         run_search(cfg, data=tiny_data(), log=quiet)
+    assert raised.value.run_dir == tmp_path / "run"
 
 
 def test_resume_without_checkpoint(tmp_path):

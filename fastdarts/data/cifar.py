@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import (CorruptDatasetError, DataSpec, ImageDataset, SearchData, require_file)
+from .core import (CorruptDatasetError, DataSpec, ImageDataset, SearchData, require_data_dir,
+                   require_file)
 
 __all__ = ["load_cifar10", "load_cifar100", "read_cifar_batch", "half_split"]
 
@@ -58,15 +59,13 @@ def half_split(train: ImageDataset, portion: float = 0.5):
     return train.subset(index[:split]), train.subset(index[split:])
 
 
-def _find_dir(root, name: str) -> Path:
-    if root is None:
-        raise ValueError(f"data_dir is required for {name}: pass --data-dir")
-    root = Path(root).expanduser()
+def _find_dir(root, dataset: str, name: str, how: str) -> Path:
+    root = require_data_dir(root, dataset, how.replace("{dir}", "{dir}/" + name))
     return root if root.name == name else root / name
 
 
 def load_cifar10(root, seed: int = 0, portion: float = 0.5) -> SearchData:
-    d = _find_dir(root, "cifar-10-batches-py")
+    d = _find_dir(root, "cifar10", "cifar-10-batches-py", _HOW10)
     how = _HOW10.format(dir=d)
     batches = [read_cifar_batch(require_file(d / f"data_batch_{i}", how), b"labels", 10000)
                for i in range(1, 6)]
@@ -76,7 +75,7 @@ def load_cifar10(root, seed: int = 0, portion: float = 0.5) -> SearchData:
 
 
 def load_cifar100(root, seed: int = 0, portion: float = 0.5) -> SearchData:
-    d = _find_dir(root, "cifar-100-python")
+    d = _find_dir(root, "cifar100", "cifar-100-python", _HOW100)
     how = _HOW100.format(dir=d)
     full = read_cifar_batch(require_file(d / "train", how), b"fine_labels", 50000)
     test = read_cifar_batch(require_file(d / "test", how), b"fine_labels", 10000)

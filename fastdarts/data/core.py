@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["ImageDataset", "DataSpec", "SearchData", "MissingDatasetError",
-           "CorruptDatasetError", "require_file"]
+           "CorruptDatasetError", "require_file", "require_data_dir"]
 
 
 class MissingDatasetError(FileNotFoundError):
@@ -17,6 +17,16 @@ class MissingDatasetError(FileNotFoundError):
 
 class CorruptDatasetError(ValueError):
     """A data file exists but cannot be read or has the wrong content."""
+
+
+def require_data_dir(root, dataset: str, how_to_get: str) -> Path:
+    """`root` as a path; a missing one is a `MissingDatasetError` that says where to get the
+    files (`how_to_get` with its `{dir}` shown as DATA_DIR)."""
+    if root is None:
+        raise MissingDatasetError(
+            f"the {dataset} data set is read from files and no data_dir (--data-dir) was "
+            f"given. {how_to_get.format(dir='DATA_DIR')}")
+    return Path(root).expanduser()
 
 
 def require_file(path: Path, how_to_get: str) -> Path:

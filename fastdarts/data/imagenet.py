@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import CorruptDatasetError, DataSpec, MissingDatasetError, SearchData
+from .core import (CorruptDatasetError, DataSpec, MissingDatasetError, SearchData,
+                   require_data_dir)
 from .loader import BatchLoader
 
 __all__ = ["ImageFiles", "FileBatchLoader", "load_imagenet", "scan_image_folder",
@@ -233,11 +234,9 @@ def load_imagenet(root, seed: int = 0, fractions: tuple[float, float] = (0.1, 0.
     """The search splits of an ImageNet folder tree (module docstring). `subset_seed` fixes
     which images the per-class subsets hold; `seed` is unused (the subsets do not change
     with the search's seed)."""
-    if root is None:
-        raise ValueError("data_dir is required for imagenet: pass --data-dir")
     if image_size < 8:
         raise ValueError(f"image_size must be >= 8; got {image_size}")
-    d = Path(root).expanduser()
+    d = require_data_dir(root, "imagenet", _HOW)
     how = _HOW.format(dir=d)
     train_all = scan_image_folder(d / "train", how)
     train_idx, val_idx = per_class_subsets(train_all.labels, tuple(fractions), subset_seed)

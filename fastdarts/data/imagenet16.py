@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from .cifar import half_split
-from .core import CorruptDatasetError, DataSpec, ImageDataset, SearchData, require_file
+from .core import (CorruptDatasetError, DataSpec, ImageDataset, SearchData, require_data_dir,
+                   require_file)
 
 __all__ = ["load_imagenet16_120", "read_imagenet16_file"]
 
@@ -47,9 +48,7 @@ def read_imagenet16_file(path: Path, max_class: int = 120) -> ImageDataset:
 
 def load_imagenet16_120(root, seed: int = 0, portion: float = 0.5,
                         check_size: bool = True) -> SearchData:
-    if root is None:
-        raise ValueError("data_dir is required for imagenet16-120: pass --data-dir")
-    d = Path(root).expanduser()
+    d = require_data_dir(root, "imagenet16-120", _HOW)
     how = _HOW.format(dir=d)
     parts = [read_imagenet16_file(require_file(d / f"train_data_batch_{i}", how))
              for i in range(1, 11)]

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from .cifar import half_split
-from .core import CorruptDatasetError, DataSpec, ImageDataset, SearchData, require_file
+from .core import (CorruptDatasetError, DataSpec, ImageDataset, SearchData, require_data_dir,
+                   require_file)
 
 __all__ = ["load_svhn", "read_svhn_mat"]
 
@@ -36,9 +37,7 @@ def read_svhn_mat(path: Path) -> ImageDataset:
 
 
 def load_svhn(root, seed: int = 0, portion: float = 0.5) -> SearchData:
-    if root is None:
-        raise ValueError("data_dir is required for svhn: pass --data-dir")
-    d = Path(root).expanduser()
+    d = require_data_dir(root, "svhn", _HOW)
     how = _HOW.format(dir=d)
     train = read_svhn_mat(require_file(d / "train_32x32.mat", how))
     test = read_svhn_mat(require_file(d / "test_32x32.mat", how))
