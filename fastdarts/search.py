@@ -226,8 +226,8 @@ class RunExistsError(FileExistsError):
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
-        super().__init__(f"{run_dir / CHECKPOINT} exists: pass resume=True to continue that "
-                         f"search, or choose another run_dir")
+        super().__init__(f"{run_dir / CHECKPOINT} exists: pass resume=True (--resume) to continue "
+                         f"that search, or choose another run_dir")
 
 
 @dataclass

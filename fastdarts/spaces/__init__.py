@@ -6,8 +6,8 @@ from torch import nn
 from .darts import SPACE_OPS, Cell, DartsSupernet, MixedOp
 from .nb201 import NB201MixedOp, NB201SearchCell, NB201Supernet
 
-__all__ = ["SPACES", "DEFAULT_C", "DEFAULT_LAYERS", "build_supernet", "DartsSupernet", "NB201Supernet", "Cell", "MixedOp",
-           "NB201MixedOp", "NB201SearchCell"]
+__all__ = ["SPACES", "DEFAULT_C", "DEFAULT_LAYERS", "build_supernet", "DartsSupernet",
+           "NB201Supernet", "Cell", "MixedOp", "NB201MixedOp", "NB201SearchCell"]
 
 SPACES = ("darts", "s1", "s2", "s3", "s4", "nb201")
 #: each space's standard size: the first cells' channels C, and the cells (DARTS spaces) or
@@ -26,8 +26,8 @@ def build_supernet(space: str, num_classes: int, in_channels: int = 3, C: int | 
     if space == "nb201":
         if stem != "cifar":
             raise ValueError(f"stem: NAS-Bench-201 has only the CIFAR stem; got {stem!r}")
-        return NB201Supernet(C=C or DEFAULT_C, N=layers or DEFAULT_LAYERS[space], num_classes=num_classes,
-                             in_channels=in_channels, **kwargs)
+        return NB201Supernet(C=C or DEFAULT_C, N=layers or DEFAULT_LAYERS[space],
+                             num_classes=num_classes, in_channels=in_channels, **kwargs)
     if space in SPACE_OPS:
         return DartsSupernet(C=C or DEFAULT_C, num_classes=num_classes,
                              layers=layers or DEFAULT_LAYERS[space],
