@@ -28,7 +28,7 @@ from .reference import (bn_accumulate_edge_ref, bn_accumulate_ref, bn_grad_input
                         hvp_virtual_step_ref, partial_combine_bwd_ref, partial_combine_fwd_ref,
                         weighted_sum_ref)
 
-__all__ = ["Backend", "BACKENDS", "select_backend", "backend_report", "ENV_VAR"]
+__all__ = ["Backend", "BACKENDS", "select_backend", "backend_report", "auto_picks", "ENV_VAR"]
 
 ENV_VAR = "FASTDARTS_BACKEND"
 _CHOICES = ("auto", "triton", "cuda", "cpu", "reference")
@@ -474,6 +474,16 @@ def _select(name: str, tensors) -> type[Backend]:
         _warned.add(message)
         warnings.warn(message, RuntimeWarning, stacklevel=3)
     return ReferenceBackend
+
+
+def auto_picks() -> dict[str, str]:
+    """What `auto` runs for fp32 tensors of each device type this machine has: the first
+    available backend of `_AUTO_ORDER`, else the reference (for `python -m fastdarts.info`;
+    a call's own dtype or layout can still send it further down the order)."""
+    present = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return {device_type: next((name for name in _AUTO_ORDER[device_type]
+                               if BACKENDS[name].is_available()), "reference")
+            for device_type in present}
 
 
 def backend_report() -> list[tuple[str, bool, list[str]]]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
 from .algorithms import ALGORITHMS
 from .data import DATASETS
-from .search import CHECKPOINT, TUPLE_FIELDS, SearchConfig, run_search
-from .spaces import SPACES
+from .search import CHECKPOINT, TUPLE_FIELDS, RunExistsError, SearchConfig, run_search
+from .spaces import DEFAULT_C, DEFAULT_LAYERS, SPACES
 
 __all__ = ["main", "build_parser"]
 
@@ -22,45 +23,118 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_EPILOG = """\
+Defaults: an option you give always wins. An option you leave out takes, in this order, what
+the method needs on the data set, the data set's preset, the method's default, and DARTS's
+CIFAR-10 setting. Each option's help shows the default of the plain command (darts on
+digits) and where other methods and data sets change it; --print-config prints the
+configuration a command resolves to, without searching.
+"""
+
+_STATIC_DEFAULTS = SearchConfig()
+
+
+def _default(field: str) -> str:
+    """`[default: X]` for a field whose default does not depend on method or data set."""
+    value = getattr(_STATIC_DEFAULTS, field)
+    if isinstance(value, tuple):
+        value = " ".join(str(v) for v in value)
+    return f" [default: {value}]"
+
+
+def _resolved_value(field: str, algo: str, dataset: str):
+    try:
+        value = getattr(SearchConfig(algo=algo, dataset=dataset).resolved(), field)
+    except ValueError:  # a combination this field's default does not apply to
+        return None
+    if value is None:  # the supernet's own default (build_supernet) for the darts space
+        value = {"init_channels": DEFAULT_C, "layers": DEFAULT_LAYERS["darts"]}.get(field)
+    return value
+
+
+def _default_by_preset(field: str) -> str:
+    """`[default: X; ...]` for a field the presets decide, computed from the same
+    resolution the search runs (so the help cannot drift from it): the plain command's
+    value, then the data sets and, on digits, the methods that change it."""
+    def show(value):
+        if value is None:
+            return "none"
+        return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+    base = _resolved_value(field, "darts", "digits")
+    parts = [f"default: {show(base)}"]
+    for label, combos in (("", [("darts", d) for d in DATASETS if d != "digits"]),
+                          ("with ", [(a, "digits") for a in sorted(ALGORITHMS) if a != "darts"])):
+        groups: dict[str, list[str]] = {}
+        for algo, dataset in combos:
+            value = _resolved_value(field, algo, dataset)
+            if value != base:
+                groups.setdefault(show(value), []).append(algo if label else dataset)
+        parts += [f"{label}{', '.join(names)}: {value}" for value, names in groups.items()]
+    return " [" + "; ".join(parts) + "]"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastdarts",
                                      description="Differentiable architecture search.")
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("search", help="run a search; with no options, DARTS on the embedded "
-                                      "digits data set",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    # Defaults are None so that --resume can tell "given" from "not given".
-    s.add_argument("--space", choices=SPACES, default=None, help="search space [darts]")
+                                      "digits data set", epilog=_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Defaults are None so that --resume can tell "given" from "not given"; the help shows
+    # the value each option resolves to.
+    s.add_argument("--space", choices=SPACES, default=None,
+                   help="search space" + _default("space"))
     s.add_argument("--algo", choices=sorted(ALGORITHMS), default=None,
-                   help="method [darts]: " + "; ".join(
+                   help="method" + _default("algo") + ": " + "; ".join(
                        f"{name}: {cls.summary}" for name, cls in sorted(ALGORITHMS.items())))
-    s.add_argument("--dataset", choices=sorted(DATASETS), default=None, help="data set [digits]")
+    s.add_argument("--dataset", choices=sorted(DATASETS), default=None,
+                   help="data set" + _default("dataset"))
     s.add_argument("--data-dir", default=None, help="folder holding the data set's files "
-                   "(imagenet: the folder with train/<wnid>/ and, for a test split, val/<wnid>/)")
+                   "(imagenet: the folder with train/<wnid>/ and, for a test split, val/<wnid>/); "
+                   "digits and synthetic need none")
     s.add_argument("--run-dir", default=None,
-                   help="output folder [runs/<algo>-<space>-<dataset>-seed<seed>]")
-    s.add_argument("--epochs", type=_positive_int, default=None)
-    s.add_argument("--batch-size", type=_positive_int, default=None)
-    s.add_argument("--init-channels", type=_positive_int, default=None)
+                   help="output folder [default: runs/<algo>-<space>-<dataset>-seed<seed>]")
+    s.add_argument("--epochs", type=_positive_int, default=None,
+                   help="search epochs" + _default_by_preset("epochs"))
+    s.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="images per weight step and per architecture step"
+                        + _default_by_preset("batch_size"))
+    s.add_argument("--init-channels", type=_positive_int, default=None,
+                   help="channels C of the first cells" + _default_by_preset("init_channels"))
     s.add_argument("--layers", type=_positive_int, default=None,
-                   help="cells (DARTS spaces) or cells per stage (nb201)")
-    s.add_argument("--lr", type=float, default=None, help="weight learning rate [0.025; pcdarts, drnas 0.1]")
-    s.add_argument("--lr-min", type=float, default=None, help="cosine floor [0.001; pcdarts, drnas 0]")
-    s.add_argument("--momentum", type=float, default=None)
-    s.add_argument("--weight-decay", type=float, default=None)
-    s.add_argument("--grad-clip", type=float, default=None)
+                   help="cells (DARTS spaces) or cells per stage (nb201: 5 unless given)"
+                        + _default_by_preset("layers"))
+    s.add_argument("--lr", type=float, default=None,
+                   help="weight learning rate (SGD, cosine per epoch)" + _default_by_preset("lr"))
+    s.add_argument("--lr-min", type=float, default=None,
+                   help="the cosine's floor" + _default_by_preset("lr_min"))
+    s.add_argument("--momentum", type=float, default=None,
+                   help="SGD momentum" + _default("momentum"))
+    s.add_argument("--weight-decay", type=float, default=None,
+                   help="SGD weight decay" + _default("weight_decay"))
+    s.add_argument("--grad-clip", type=float, default=None,
+                   help="gradient-norm clip of the weight step" + _default("grad_clip"))
     s.add_argument("--lr-warmup-epochs", type=int, default=None,
-                   help="linear learning-rate warm-up [5 on imagenet with batch > 256, else 0]")
-    s.add_argument("--arch-lr", type=float, default=None)
-    s.add_argument("--arch-weight-decay", type=float, default=None)
+                   help="linear learning-rate warm-up on top of the cosine"
+                        + _default_by_preset("lr_warmup_epochs")[:-1]
+                        + " when the batch is over 256]")
+    s.add_argument("--arch-lr", type=float, default=None,
+                   help="architecture learning rate (Adam)" + _default_by_preset("arch_lr"))
+    s.add_argument("--arch-weight-decay", type=float, default=None,
+                   help="architecture weight decay (Adam)" + _default("arch_weight_decay"))
     s.add_argument("--arch-grad-clip", type=float, default=None,
-                   help="gradient-norm clip of the architecture step, 0 off [imagenet 5, else off]")
+                   help="gradient-norm clip of the architecture step, 0 or none: off"
+                        + _default_by_preset("arch_grad_clip"))
     s.add_argument("--arch-warmup-epochs", type=int, default=None,
-                   help="epochs before architecture updates start [0; pcdarts 15 of 50, "
-                        "scaled to --epochs (35 of 50 on imagenet); drnas 10 of each 25-epoch "
-                        "stage, scaled]")
-    s.add_argument("--seed", type=int, default=None, help="[2, as DARTS]")
-    s.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... [auto]")
+                   help="epochs before architecture updates start; a method's warm-up is kept "
+                        "as a ratio of --epochs (pcdarts 15 of 50, 35 of 50 on imagenet; "
+                        "drnas 10 of each 25-epoch stage)"
+                        + _default_by_preset("arch_warmup_epochs"))
+    s.add_argument("--seed", type=int, default=None, help="seed of everything" + _default("seed"))
+    s.add_argument("--device", default=None,
+                   help="auto (the first GPU, else the CPU), cpu, cuda, cuda:1 ..."
+                        + _default("device"))
     s.add_argument("--no-channels-last", action="store_true", default=None,
                    help="keep activations NCHW instead of channels_last")
     s.add_argument("--deterministic", action="store_true", default=None,
@@ -70,57 +144,70 @@ def build_parser() -> argparse.ArgumentParser:
                         "call (a small supernet's GPU step is bound by the host otherwise)")
     s.add_argument("--memory", choices=("low", "fast", "reference"), default=None,
                    help="mixed-op memory mode: low (recompute cells, least memory), fast "
-                        "(fused, no recompute) or reference (plain PyTorch) [low]")
+                        "(fused, no recompute) or reference (plain PyTorch)" + _default("memory"))
     s.add_argument("--partial-k", type=_positive_int, default=None,
-                   help="channel partitions K of the partial-channel edges (PC-DARTS; "
-                        "[4 with --algo pcdarts])")
+                   help="channel partitions K of the partial-channel edges (PC-DARTS); must "
+                        "divide --init-channels" + _default_by_preset("partial_k"))
     s.add_argument("--partial-selection", choices=("first", "sampled"), default=None,
                    help="channels the partial-channel ops see: the first C/K (the original) or "
-                        "a random permutation's first C/K, drawn per edge and step [first]")
+                        "a random permutation's first C/K, drawn per edge and step"
+                        + _default("partial_selection"))
     s.add_argument("--order", type=int, choices=(1, 2), default=None,
                    help="architecture gradient: 1 first order, 2 second order (unrolled, "
-                        "finite-difference Hessian-vector product, no model copy) [1]")
+                        "finite-difference Hessian-vector product, no model copy)"
+                        + _default("order"))
     s.add_argument("--hvp-r", type=float, default=None,
-                   help="second order: eps = hvp_r / ||v|| [0.01]")
+                   help="second order: eps = hvp_r / ||v||" + _default("hvp_r"))
     s.add_argument("--steps-per-epoch", type=_positive_int, default=None,
-                   help="stop each epoch after this many weight steps (quick trials) [all]")
+                   help="stop each epoch after this many weight steps (quick trials) "
+                        "[default: all]")
     d = s.add_argument_group("imagenet options")
     d.add_argument("--imagenet-fractions", type=float, nargs=2, default=None,
                    metavar=("WEIGHTS", "ARCH"),
                    help="per-class fractions of train/ for the weight and the architecture "
-                        "splits (disjoint, fixed across searches) [0.1 0.025, as PC-DARTS]")
+                        "splits (disjoint, fixed across searches; PC-DARTS's)"
+                        + _default("imagenet_fractions"))
     d.add_argument("--image-size", type=_positive_int, default=None,
-                   help="training crop (RandomResizedCrop) and evaluation centre crop [224]")
+                   help="training crop (RandomResizedCrop) and evaluation centre crop "
+                        "[default: 224]")
     d.add_argument("--data-workers", type=int, default=None,
-                   help="processes decoding JPEG batches [min(8, cores)]")
+                   help="processes decoding JPEG batches [default: min(8, cores)]")
     m = s.add_argument_group("method options (ignored by other methods)")
     m.add_argument("--rf-seed", type=int, default=None,
                    help="rf-darts, rf-pcdarts: seed of the frozen random convolutions "
-                        "[--seed]")
+                        "[default: --seed]")
     m.add_argument("--rf-freeze-classifier", action="store_true", default=None,
                    help="rf-darts, rf-pcdarts: freeze the classifier too (only BN trained)")
     m.add_argument("--sdarts-epsilon", type=float, default=None,
-                   help="sdarts-rs, sdarts-adv: final perturbation radius [0.3]")
+                   help="sdarts-rs, sdarts-adv: final perturbation radius"
+                        + _default("sdarts_epsilon"))
     m.add_argument("--sdarts-epsilon-min", type=float, default=None,
-                   help="sdarts-rs, sdarts-adv: first epoch's radius [0.03]")
+                   help="sdarts-rs, sdarts-adv: first epoch's radius"
+                        + _default("sdarts_epsilon_min"))
     m.add_argument("--sdarts-attack-steps", type=_positive_int, default=None,
-                   help="sdarts-adv: PGD steps of 2 eps / steps [7]")
+                   help="sdarts-adv: PGD steps of 2 eps / steps" + _default("sdarts_attack_steps"))
     m.add_argument("--drnas-reg", choices=("l2", "kl"), default=None,
-                   help="drnas: l2 (Adam weight decay toward Dir(1)) or kl [l2]")
-    m.add_argument("--drnas-reg-scale", type=float, default=None, help="drnas: [1e-3]")
+                   help="drnas: l2 (Adam weight decay toward Dir(1)) or kl"
+                        + _default("drnas_reg"))
+    m.add_argument("--drnas-reg-scale", type=float, default=None,
+                   help="drnas: the regulariser's weight" + _default("drnas_reg_scale"))
     m.add_argument("--drnas-no-progressive", action="store_true", default=None,
                    help="drnas: one stage, full channels, every op")
     m.add_argument("--drnas-k", type=_positive_int, nargs="+", default=None,
-                   help="drnas: partial-channel K per stage [6 4; imagenet 6 3; nb201 4 2]")
+                   help="drnas: partial-channel K per stage; each must divide --init-channels "
+                        "[default: 6 4; imagenet 6 3; nb201 4 2]")
     m.add_argument("--drnas-ops", type=_positive_int, nargs="+", default=None,
-                   help="drnas: ops kept per stage [7 4; nb201: 5 3]")
+                   help="drnas: ops kept per stage [default: 7 4; nb201 5 3]")
     m.add_argument("--aux-skip-beta", type=float, default=None,
-                   help="darts-minus: the auxiliary skip's first beta, decaying linearly [1.0]")
+                   help="darts-minus: the auxiliary skip's first beta, decaying linearly"
+                        + _default("aux_skip_beta"))
     s.add_argument("--no-progress", action="store_true", default=None,
                    help="no progress bar (epoch lines are still printed)")
     s.add_argument("--resume", action="store_true",
                    help="continue the search in --run-dir from its last checkpoint")
-    sub.add_parser("info", help="backends, device and build metadata")
+    s.add_argument("--print-config", action="store_true",
+                   help="print the configuration these options resolve to (JSON) and exit")
+    sub.add_parser("info", help="backends (and the one auto picks), device, build metadata")
     return parser
 
 
@@ -133,7 +220,7 @@ _FIELD_OF_ARG = {"no_channels_last": "channels_last", "no_progress": "progress",
 def _config_from_args(args: argparse.Namespace) -> tuple[SearchConfig, bool]:
     given = {}
     for key, value in vars(args).items():
-        if key in ("command", "resume") or value is None:
+        if key in ("command", "resume", "print_config") or value is None:
             continue
         field = _FIELD_OF_ARG.get(key, key)
         given[field] = (not value) if field in _FIELD_OF_ARG.values() else value
@@ -160,16 +247,44 @@ def _config_from_args(args: argparse.Namespace) -> tuple[SearchConfig, bool]:
     return cfg, False
 
 
+def _in_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """`message` with configuration field names written as the options that set them
+    (`partial_k` -> `--partial-k`), for a command-line user. Names with an underscore are
+    translated wherever they stand; one-word names (`lr`, `order`) only at the start, where
+    they name the field rather than being English."""
+    search = next(a for a in parser._subparsers._group_actions[0].choices.values()
+                  if any(x.dest == "epochs" for x in a._actions))
+    flags = {a.dest: a.option_strings[0] for a in search._actions
+             if a.option_strings and a.dest not in _FIELD_OF_ARG}
+    flags["run_dir"] = "--run-dir"
+
+    def flag(match: re.Match) -> str:
+        name = match.group(0)
+        if name in flags and ("_" in name or match.start() == 0):
+            return flags[name]
+        return name
+    message = re.sub(r"(?<![\w-])[a-z][a-z0-9_]*(?![\w(])", flag, message)
+    return message.replace("--data-dir (--data-dir)", "--data-dir")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "info":
         from .info import main as info_main
         return info_main()
-    cfg, resume = _config_from_args(args)
     try:
+        cfg, resume = _config_from_args(args)
+        if args.print_config:
+            print(json.dumps(cfg.resolved().to_dict(), indent=2))
+            return 0
         run_search(cfg, resume=resume)
+    except RunExistsError as e:
+        print(f"fastdarts search: error: {e.run_dir} already holds a search ({CHECKPOINT}): "
+              f"add --resume to continue it, or choose another --run-dir", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
-        print(f"fastdarts search: error: {e}", file=sys.stderr)
+        print(f"fastdarts search: error: {_in_flags(str(e), parser)}", file=sys.stderr)
         return 2
     return 0
 

@@ -9,7 +9,7 @@ import torch
 
 from . import __version__
 from ._ext import IMPORT_ERROR, build_info
-from .backends import ENV_VAR, backend_report
+from .backends import ENV_VAR, auto_picks, backend_report
 
 __all__ = ["main", "collect"]
 
@@ -24,6 +24,7 @@ def collect() -> dict:
         "build": build_info(),
         "backends": {name: {"available": ok, "reasons": reasons}
                      for name, ok, reasons in backend_report()},
+        "auto": auto_picks(),
     }
     try:
         import triton
@@ -52,6 +53,8 @@ def main() -> int:
         state = "available" if entry["available"] else "unavailable"
         reasons = f": {'; '.join(entry['reasons'])}" if entry["reasons"] else ""
         print(f"  {name:<10} {state}{reasons}")
+    picks = ", ".join(f"{device} tensors -> {name}" for device, name in info["auto"].items())
+    print(f"auto picks here: {picks}")
     return 0
 
 

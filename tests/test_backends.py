@@ -67,3 +67,7 @@ def test_info_reports_every_backend(capsys):
     for name in BACKENDS:
         assert name in out
     assert "torch" in out
+    from fastdarts.backends import auto_picks
+    picks = auto_picks()
+    assert picks["cpu"] in BACKENDS and picks["cpu"] != "triton"  # triton needs a GPU tensor
+    assert f"cpu tensors -> {picks['cpu']}" in out

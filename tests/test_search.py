@@ -206,3 +206,53 @@ def test_diverging_search_stops_with_a_clear_error(tmp_path):
     cfg = tiny_config(tmp_path / "arch", epochs=2, arch_lr=1e38)
     with pytest.raises(FloatingPointError, match=r"architecture parameters alphas_\w+"):
         run_search(cfg, data=tiny_data(), log=quiet)
+
+
+def test_cli_help_states_every_default(capsys):
+    """Every option of `fastdarts search -h` says its default; none reads `None`, which would
+    hide that the value comes from the dataset or method preset."""
+    with pytest.raises(SystemExit):
+        cli_main(["search", "-h"])
+    out = capsys.readouterr().out
+    options = [line for line in out.splitlines() if line.strip().startswith("--")]
+    assert len(options) > 20
+    text = " ".join(out.split())
+    assert "default: None" not in text
+    from fastdarts.cli import build_parser
+    search = build_parser()._subparsers._group_actions[0].choices["search"]
+    takes_value = [a for a in search._actions if a.option_strings and a.nargs != 0]
+    assert len(takes_value) > 15
+    for action in takes_value:
+        if action.dest != "data_dir":  # needed by some data sets only; its help says which
+            assert action.help and "default" in action.help, action.option_strings
+
+
+def test_cli_print_config_is_the_resolved_config(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["search", "--algo", "pcdarts", "--epochs", "7", "--run-dir", str(run),
+            "--print-config"]
+    assert cli_main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = SearchConfig(algo="pcdarts", epochs=7, run_dir=str(run)).resolved().to_dict()
+    assert printed == expected
+    assert printed["partial_k"] == 4  # the PC-DARTS preset, not the bare default
+    assert not run.exists()  # printing the config starts nothing
+
+
+def test_cli_errors_name_the_flags(tmp_path, capsys):
+    code = cli_main(["search", "--algo", "pcdarts", "--partial-k", "3", "--init-channels",
+                     "8", "--run-dir", str(tmp_path / "r"), "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--partial-k" in err and "--init-channels" in err and "partial_k" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_existing_run_dir_suggests_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"")
+    code = cli_main(["search", "--run-dir", str(run), "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and str(run) in err
