@@ -1,6 +1,8 @@
 """fastdarts: fast, memory-lean differentiable architecture search."""
 from __future__ import annotations
 
+__version__ = "0.1.0"  # before the imports: fastdarts.info, imported below, reads it
+
 from .flat import FlatParameters
 from .genotypes import (DartsGenotype, NB201Genotype, load_genotype, nb201_arch_index,
                         save_genotype)
@@ -13,8 +15,6 @@ from .recompute import recompute
 from .search import SearchConfig, run_search
 from .spaces import DartsSupernet, NB201Supernet, build_supernet
 from .widen import wider
-
-__version__ = "0.1.0"
 
 __all__ = ["MixedOp", "FusedMixedOp", "PartialMixedOp", "MEMORY_MODES", "patch", "unpatch",
            "PatchReport", "recompute", "wider", "fd_hvp", "FlatParameters", "build_supernet",

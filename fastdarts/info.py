@@ -1,9 +1,12 @@
 """`python -m fastdarts.info`: backends and why each can or cannot run, device, build."""
 from __future__ import annotations
 
+import datetime
 import json
 import platform
+import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -11,7 +14,48 @@ from . import __version__
 from ._ext import IMPORT_ERROR, build_info
 from .backends import ENV_VAR, auto_picks, backend_report
 
-__all__ = ["main", "collect"]
+__all__ = ["main", "collect", "provenance"]
+
+
+def _source_commit() -> str | None:
+    """The commit of the code that runs: the checkout's HEAD for an editable install (the
+    build's commit goes stale once Python files change without a rebuild), with "-dirty"
+    when tracked files differ from it; else the commit recorded at build time."""
+    source = Path(__file__).resolve().parent.parent
+    try:
+        def git(*args):
+            return subprocess.run(["git", *args], cwd=source, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        if (source / ".git").exists():
+            head = git("rev-parse", "--short", "HEAD")
+            dirty = git("status", "--porcelain", "--untracked-files=no")
+            return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    commit = build_info().get("git_commit")
+    return commit[:7] if commit else None
+
+
+def _device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} CPU, {torch.get_num_threads()} threads"
+
+
+def provenance(device: torch.device | str = "cpu") -> dict:
+    """Where a result came from, for the files a run writes: code commit, date, device."""
+    device = torch.device(device)
+    return {"fastdarts": __version__, "commit": _source_commit(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+            "device": _device_description(device), "torch": torch.__version__}
 
 
 def collect() -> dict:

@@ -26,6 +26,7 @@ from .checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_sta
 from .data import InfiniteLoader, SearchData, load_dataset, make_loader, to_device
 from .genotypes import genotype_to_dict, save_genotype
 from .graphs import CapturedStep, make_capturable
+from .info import provenance
 from .recompute import module_uses_rng
 from .report import JsonlLog, plot_arch_weights
 from .spaces import DEFAULT_C, build_supernet
@@ -582,6 +583,7 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
                        "summary": algorithm_class(cfg.algo).summary,
                        "settings": algo.describe() or None},
             "torch": torch.__version__, "device": str(device),
+            "provenance": provenance(device),
         }
         atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2) + "\n")
         log(f"genotype: {genotype!r}")
