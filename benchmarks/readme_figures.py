@@ -70,8 +70,9 @@ def digits_search(sources: list[str]) -> str:
     total = r["search_time_s_this_session"]
     return (f"Measured with the default command at commit {where['commit']} ({where['date']}, "
             f"{where['device']}): **{r['test_accuracy']:.2f}%** accuracy of the supernet on "
-            f"the held-out test split (chance 10%), {total / r['config']['epochs']:.0f} s per "
-            f"epoch, {total / 60:.1f} minutes in all (`{path}`).\n")
+            f"the held-out test split (chance 10%), {total / 60:.1f} minutes in all "
+            f"({total / r['config']['epochs']:.0f} s per epoch, set-up and the test pass "
+            f"included; `{path}`).\n")
 
 
 def mixed_op_cpu(sources: list[str]) -> str:
