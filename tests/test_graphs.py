@@ -97,7 +97,7 @@ def test_cuda_graph_on_the_cpu_is_a_named_error(tmp_path, capsys):
     code = cli_main(["search", "--dataset", "synthetic", "--cuda-graph", "--device", "cpu",
                      "--run-dir", str(tmp_path / "run"), "--no-progress"])
     assert code == 2
-    assert "cuda_graph needs a CUDA device" in capsys.readouterr().err
+    assert "--cuda-graph needs a CUDA device" in capsys.readouterr().err
 
 
 def test_low_mode_rng_replay_refuses_a_graph_capture(monkeypatch):
