@@ -14,11 +14,12 @@ from .patch import PatchReport, patch, unpatch
 from .recompute import recompute
 from .search import SearchConfig, run_search
 from .spaces import DartsSupernet, NB201Supernet, build_supernet
+from .structure import refresh
 from .widen import wider
 
 __all__ = ["MixedOp", "FusedMixedOp", "PartialMixedOp", "MEMORY_MODES", "patch", "unpatch",
-           "PatchReport", "recompute", "wider", "fd_hvp", "FlatParameters", "build_supernet",
-           "DartsSupernet", "NB201Supernet",
+           "PatchReport", "refresh", "recompute", "wider", "fd_hvp", "FlatParameters",
+           "build_supernet", "DartsSupernet", "NB201Supernet",
            "SearchConfig", "run_search", "CapturedStep", "make_capturable",
            "DartsGenotype", "NB201Genotype", "save_genotype", "load_genotype",
            "nb201_arch_index", "__version__"]

@@ -20,6 +20,20 @@ for channels_last inputs (PyTorch's is not: see that module).
 The first forward of each patched mixed op also runs the original forward (statistics frozen,
 same random numbers) and compares; an op whose outputs differ is switched back to its original
 forward and reported by name, never silently wrong. `unpatch(model)` undoes everything.
+
+What a patched model follows while the user's code changes it between steps:
+* the mixed op's forward is read first (`fastdarts.forward_source`): one that reads state the
+  fused forward would not follow (an attribute of `self` other than `_ops`, `k`, `mp`, `C`, a
+  global object) keeps its own forward, and the report says what it reads; DARTS-'s
+  auxiliary term `+ self.aux(x) * beta` is followed, beta evaluated from the user's
+  expression on every call;
+* parameters, buffers or modules replaced anywhere in the tree (DrNAS's Net2Wider, a swapped
+  op, `load_state_dict(assign=True)`): every cache rebuilds (`fastdarts.structure`);
+* K read from `self.k` on every call (DrNAS's `wider(k)`);
+* ops whose mixing weight is exactly zero (DrNAS's pruned ops) are skipped as the original
+  skips them, with one host read per model edit (`fastdarts.zero_weights`);
+* `.to()`, `load_state_dict`, `train()`/`eval()` change tensors in place or flags the fused
+  forward reads on every call.
 """
 from __future__ import annotations
 
@@ -31,27 +45,41 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .ops.pooling import AvgPool2d
+from .forward_source import ForwardReads, read_forward
 from .mixed import MEMORY_MODES, FusedMixedOp, _as, _format_of, check_memory, mixed_forward
+from .ops.pooling import AvgPool2d
 from .partial import partial_combine
 from .plans import plans_of
 from .recompute import RngState, enable_cell_recompute, frozen_bn_stats, module_uses_rng
+from .structure import generation
+from .zero_weights import ZeroWeightWatch
 
 __all__ = ["patch", "unpatch", "PatchReport"]
 
 
+#: the attributes of `self` a mixed op's forward may read and stay fused: the fused forward
+#: reads `_ops` and K (`k`, or the ops' width beside a bypass pool `mp`) on every call
+FOLLOWED_ATTRIBUTES = frozenset({"_ops", "k", "mp", "C"})
+
+
 @dataclass
 class PatchReport:
-    """What `patch` did: module names converted, ops run whole, and problems."""
+    """What `patch` did, per module: mixed ops fused, cells recomputed, ops run whole inside
+    a fused edge, mixed ops that keep their own forward and why, extras followed, problems."""
     mixed_ops: list[str] = field(default_factory=list)
     cells: list[str] = field(default_factory=list)
     unfused_ops: list[str] = field(default_factory=list)
+    kept_forward: list[str] = field(default_factory=list)
+    followed: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     def __str__(self):
-        lines = [f"fastdarts.patch: {len(self.mixed_ops)} mixed ops, "
+        lines = [f"fastdarts.patch: {len(self.mixed_ops)} mixed ops fused, "
+                 f"{len(self.kept_forward)} kept their own forward, "
                  f"{len(self.cells)} cells recomputed"]
-        lines += [f"  runs whole (not fused): {n}" for n in self.unfused_ops]
+        lines += [f"  runs whole inside its fused edge: {n}" for n in self.unfused_ops]
+        lines += [f"  keeps its own forward: {n}" for n in self.kept_forward]
+        lines += [f"  follows: {n}" for n in self.followed]
         lines += [f"  problem: {p}" for p in self.problems]
         return "\n".join(lines)
 
@@ -96,14 +124,50 @@ def _partial_width(m: nn.Module) -> int | None:
     return None
 
 
+def _width(self, state) -> int | None:
+    """C/K of a partial-channel mixed op without an int `k`: its ops' width, read again after
+    every edit of the model."""
+    if state["width_generation"] != generation():
+        state["width"], state["width_generation"] = _partial_width(self), generation()
+    return state["width"]
+
+
+def patched_partial_width(m: nn.Module, name: str) -> int | None:
+    """C/K of a patched partial-channel mixed op that `fastdarts.wider` can widen, None for
+    any other module; an error for one whose K it cannot set."""
+    state = m.__dict__.get("_fastdarts_patch")
+    if state is None or not state["partial"]:
+        return None
+    if not isinstance(getattr(m, "k", None), int):
+        raise ValueError(f"wider: {name} ({type(m).__name__}) has no int attribute k to set; "
+                         f"its K is fixed by its code")
+    return _partial_width(m)
+
+
 def _fused(self, state, x, weights, memory):
     """The fused forward of a patched mixed op; for a PC-DARTS one, the mixed op on the first
-    C/K channels and the partial-channel combine kernel (bypass, shuffle)."""
+    C/K channels and the partial-channel combine kernel (bypass, shuffle); plus the auxiliary
+    term it follows (DARTS-)."""
+    if torch.is_tensor(weights):
+        skip = state["zeros"].skipped(weights)
+        if skip != self.__dict__.get("skipped_ops", frozenset()):
+            self.__dict__["skipped_ops"] = skip
+    out = _weighted_sum(self, state, x, weights, memory)
+    aux = state["aux"]
+    if aux is not None:
+        names = dict(zip(state["arg_names"][1:], (x, weights)))
+        on, beta = aux.value(state["forward"], state["arg_names"][0], self, names)
+        if on:
+            out = out + getattr(self, aux.module)(x) * beta
+    return out
+
+
+def _weighted_sum(self, state, x, weights, memory):
     if not state["partial"]:
         return mixed_forward(self, x, weights, memory, state["backend"])
     k = getattr(self, "k", None)
     C = x.shape[1]
-    width = C // k if isinstance(k, int) and k > 0 else state["width"]
+    width = C // k if isinstance(k, int) and k > 0 else _width(self, state)
     if width is None or C % width:
         raise ValueError(f"fastdarts.patch: {state['name']}: cannot tell K from the input's "
                          f"{C} channels and ops of width {width}")
@@ -146,6 +210,23 @@ def _verify_then_forward(self, state, x, weights):
     return _fused(self, state, x, weights, state["memory"])
 
 
+def _unfollowed(m: nn.Module, reads: ForwardReads | None) -> str | None:
+    """Why `m`'s forward reads state the fused forward would not follow, or None."""
+    if reads is None:
+        return None  # no source to read: the first-call check is all there is
+    allowed = FOLLOWED_ATTRIBUTES | ({reads.aux.module} | reads.aux.reads if reads.aux else set())
+    attrs = sorted(reads.self_attributes - allowed)
+    globs = sorted(reads.state_globals - (reads.aux.reads if reads.aux else set()))
+    if reads.aux is not None and _is_partial_channel(m):
+        return (f"it adds {reads.aux.module}(x) * {reads.aux.beta_text} to a partial-channel "
+                f"sum, which the fused edge does not follow")
+    if not attrs and not globs:
+        return None
+    what = [f"self.{a}" for a in attrs] + [f"the global {g}" for g in globs]
+    return (f"its forward reads {', '.join(what)}, which the fused forward would not follow "
+            f"if it changed")
+
+
 def patch(model: nn.Module, memory: str = "low", backend: str | None = None,
           verify: bool = True) -> PatchReport:
     """Convert, in place, the DARTS-style mixed ops and cells of `model` (module docstring).
@@ -160,14 +241,33 @@ def patch(model: nn.Module, memory: str = "low", backend: str | None = None,
             report.mixed_ops.append(name)
             continue
         if _is_mixed_op(m):
+            forward = type(m).forward
+            reads = read_forward(forward)
+            why = _unfollowed(m, reads)
+            if why is not None:
+                report.kept_forward.append(f"{name} ({type(m).__name__}): {why}")
+                if "forward" in m.__dict__:
+                    del m.forward
+                continue
             partial = _is_partial_channel(m)
             plans = plans_of(m)
             report.unfused_ops += [f"{name}.{p.label}" for p in plans
                                    if p.kind == "body" and not p.fused]
-            m.__dict__["_fastdarts_patch"] = {"memory": memory, "backend": backend,
-                                              "verified": not verify, "name": name,
-                                              "report": report, "partial": partial,
-                                              "width": _partial_width(m) if partial else None}
+            aux = reads.aux if reads is not None else None
+            if aux is not None:
+                report.followed.append(
+                    f"{name}: + {aux.module}(x) * {aux.beta_text}"
+                    + (f" when {aux.cond_text}" if aux.cond is not None else "")
+                    + ", evaluated on every call")
+            if reads is None:
+                report.followed.append(f"{name}: its forward's source cannot be read; fused "
+                                       f"on the first-call check alone")
+            m.__dict__["_fastdarts_patch"] = {
+                "memory": memory, "backend": backend, "verified": not verify, "name": name,
+                "report": report, "partial": partial, "width": None,
+                "width_generation": None, "aux": aux, "forward": forward,
+                "arg_names": reads.arg_names if reads is not None else (),
+                "zeros": ZeroWeightWatch(name)}
             m.forward = types.MethodType(_patched_mixed_forward, m)
             for pool in m.modules():
                 if type(pool) is nn.AvgPool2d:
@@ -195,7 +295,8 @@ def unpatch(model: nn.Module) -> None:
     for m in model.modules():
         if "forward" in m.__dict__:
             del m.forward
-        m.__dict__.pop("_fastdarts_patch", None)
+        if m.__dict__.pop("_fastdarts_patch", None) is not None:
+            m.__dict__.pop("skipped_ops", None)
         if m.__dict__.pop("_fastdarts_was_plain", False):
             m.__class__ = nn.AvgPool2d
         if isinstance(m, FusedMixedOp) or hasattr(m, "memory"):

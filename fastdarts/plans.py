@@ -16,6 +16,7 @@ replays, which keep nothing past the backward of their block anyway, and the edg
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -26,7 +27,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import depthwise
 from .ops.pointwise import strided_pointwise_conv, subsample, subsamples_first, unsubsample
-from .recompute import AutocastState, cache_generation, frozen_bn_stats, module_uses_rng
+from .forward_source import single_child_call
+from .recompute import AutocastState, frozen_bn_stats, module_uses_rng
+from .structure import generation
 
 __all__ = ["OpPlan", "Segment", "as_dtype", "plan_op", "plan_ops", "plans_of", "segments_forward",
            "segments_backward"]
@@ -347,6 +350,12 @@ def _sequence_plan(index, module, seq: Sequence[nn.Module], label) -> OpPlan:
                   uses_rng=uses_rng, label=label)
 
 
+@functools.lru_cache(maxsize=None)
+def _forwards_to(cls: type, child: str) -> bool:
+    """`cls.forward` is `return self.<child>(x)`, read once per class."""
+    return single_child_call(cls.forward) == child
+
+
 def plan_op(index: int, module: nn.Module) -> OpPlan:
     """Recognise one candidate op (see the module docstring)."""
     name = type(module).__name__
@@ -358,9 +367,11 @@ def plan_op(index: int, module: nn.Module) -> OpPlan:
     if isinstance(module, nn.Sequential):
         return _sequence_plan(index, module, list(module), label)
     children = dict(module.named_children())
-    # ReLUConvBN / DilConv / SepConv: a wrapper whose forward is `self.op(x)`.
-    if (name in ("ReLUConvBN", "DilConv", "SepConv") and set(children) == {"op"}
-            and isinstance(children["op"], nn.Sequential)):
+    # ReLUConvBN / DilConv / SepConv, DrNAS's AvgPoolBN / MaxPoolBN: a wrapper of one
+    # nn.Sequential whose forward is `return self.op(x)` (read from its source).
+    if (set(children) == {"op"} and isinstance(children["op"], nn.Sequential)
+            and (name in ("ReLUConvBN", "DilConv", "SepConv")
+                 or _forwards_to(type(module), "op"))):
         return _sequence_plan(index, module, list(children["op"]), label)
     # DARTS FactorizedReduce: relu, conv_1, conv_2, bn.
     if (name == "FactorizedReduce" and set(children) == {"relu", "conv_1", "conv_2", "bn"}
@@ -378,11 +389,14 @@ def plan_ops(ops: nn.ModuleList) -> list[OpPlan]:
 
 
 def plans_of(owner: nn.Module) -> list[OpPlan]:
-    """Cached plans of `owner._ops`, rebuilt if the op modules changed (replicas, edits)."""
+    """Cached plans of `owner._ops`, rebuilt when a module tree was edited (the generation of
+    `fastdarts.structure`) or the op modules were swapped (replicas). A parameter reshaped in
+    place (`.data =`) keeps its object, and the plans read every module attribute on each
+    call, so they follow it."""
     ops = owner._modules.get("_ops")
     if ops is None:  # not a registered child (a plain attribute): the slow lookup
         ops = owner._ops
-    key = (cache_generation(), tuple(map(id, ops._modules.values())))
+    key = (generation(), tuple(map(id, ops._modules.values())))
     cached = owner.__dict__.get("_fastdarts_plans")
     if cached is None or cached[0] != key:
         cached = (key, plan_ops(ops))

@@ -30,6 +30,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .structure import cached, invalidate_caches, listed_parameters  # noqa: F401 (re-exported)
+
 __all__ = ["recompute", "recompute_darts_cell", "frozen_bn_stats", "is_recomputing",
            "listed_parameters", "module_uses_rng", "RngState", "AutocastState",
            "enable_cell_recompute", "StatsTape", "recording_tape", "replayed_stats",
@@ -238,45 +240,15 @@ def recompute(module: nn.Module, fn: Callable, *args):
                                     *tensors, *params)
 
 
-_CACHE_GENERATION = [0]
-
-
-def invalidate_caches() -> None:
-    """Make every cached parameter list and op plan rebuild on next use: for edits deeper
-    than a module's direct children (`fastdarts.wider` replaces conv and BN parameters)."""
-    _CACHE_GENERATION[0] += 1
-
-
-def cache_generation() -> int:
-    return _CACHE_GENERATION[0]
-
-
-def _cached(module: nn.Module, slot: str, build: Callable):
-    """`build(module)`, cached on the module (walking the module tree on every step costs
-    more than the kernels of a small cell); rebuilt when a direct child or the module's own
-    parameters are replaced, or after `invalidate_caches()`."""
-    key = (_CACHE_GENERATION[0], tuple(map(id, module._modules.values())),
-           tuple(map(id, module._parameters.values())))
-    cached = module.__dict__.get(slot)
-    if cached is None or cached[0] != key:
-        cached = module.__dict__[slot] = (key, build(module))
-    return cached[1]
-
-
-def listed_parameters(module: nn.Module) -> tuple:
-    """`tuple(module.parameters())`, cached (`_cached`)."""
-    return _cached(module, "_fastdarts_params", lambda m: tuple(m.parameters()))
-
-
 def _batch_norms(module: nn.Module) -> tuple:
-    """The BatchNorms in `module`'s tree, cached (`_cached`)."""
-    return _cached(module, "_fastdarts_bns",
-                   lambda m: tuple(b for b in m.modules() if isinstance(b, _BatchNorm)))
+    """The BatchNorms in `module`'s tree, cached (`fastdarts.structure.cached`)."""
+    return cached(module, "_fastdarts_bns",
+                  lambda m: tuple(b for b in m.modules() if isinstance(b, _BatchNorm)))
 
 
 def _uses_rng(module: nn.Module) -> bool:
-    """`module_uses_rng(module)`, cached (`_cached`)."""
-    return _cached(module, "_fastdarts_uses_rng", module_uses_rng)
+    """`module_uses_rng(module)`, cached (`fastdarts.structure.cached`)."""
+    return cached(module, "_fastdarts_uses_rng", module_uses_rng)
 
 
 class _NodewiseCellFunction(torch.autograd.Function):

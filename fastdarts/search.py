@@ -243,10 +243,28 @@ class SearchResult:
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: expected auto, cpu, cuda or cuda:N; got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: a search runs on cpu or cuda; got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for but torch sees no CUDA device")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device: {name!r}, but torch sees {torch.cuda.device_count()} "
+                         f"CUDA devices")
     return device
+
+
+def _one_process() -> None:
+    """A search is one process for now: two started by torchrun would write the same run
+    directory and checkpoint at once."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:
+        raise ValueError(f"this search runs in one process, and torchrun (or another "
+                         f"launcher) started {world} (WORLD_SIZE={world}), which would all "
+                         f"write one run directory; start it once, without torchrun")
 
 
 @torch.no_grad()
@@ -404,6 +422,7 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
         log: where one-line epoch summaries go.
     """
     cfg = config.resolved()
+    _one_process()
     run_dir = Path(cfg.run_dir)
     ckpt_path = run_dir / CHECKPOINT
     device = _device(cfg.device)

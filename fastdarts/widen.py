@@ -1,5 +1,7 @@
 """Widening partial-channel edges at run time (DrNAS progressive learning, ALGORITHMS.md
-§2.5): `wider(model, k)` turns every `PartialMixedOp` of `model` from C/K_old to C/k channels.
+§2.5): `wider(model, k)` turns every `PartialMixedOp` of `model`, and every partial-channel
+mixed op of a patched model (one with an int `k`, as DrNAS's own has), from C/K_old to
+C/k channels.
 
 Net2Wider without rescaling, as DrNAS does: new channel j of an op copies old channel idx[j],
 with idx[j] = j for the old channels and a random old channel for each new one; conv
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 from .ops.darts import FactorizedReduce
-from .recompute import invalidate_caches
+from .structure import invalidate_caches
 
 __all__ = ["wider", "Widened"]
 
@@ -77,6 +79,14 @@ def _widen_bn(bn: nn.BatchNorm2d, idx, out: list) -> None:
     bn.num_features = len(idx)
 
 
+def _is_factorized_reduce(m: nn.Module) -> bool:
+    """Ours, or a user's matched by structure (as `fastdarts.plans` matches it)."""
+    return isinstance(m, FactorizedReduce) or (
+        type(m).__name__ == "FactorizedReduce"
+        and all(isinstance(getattr(m, c, None), nn.Conv2d) for c in ("conv_1", "conv_2"))
+        and isinstance(getattr(m, "bn", None), nn.BatchNorm2d))
+
+
 def _widen_ops(ops: nn.Module, old: int, new: int, generator) -> list[Widened]:
     idx = _mapping(old, new, generator)
     out: list[Widened] = []
@@ -84,7 +94,7 @@ def _widen_ops(ops: nn.Module, old: int, new: int, generator) -> list[Widened]:
     for m in ops.modules():
         if id(m) in done:
             continue
-        if isinstance(m, FactorizedReduce):
+        if _is_factorized_reduce(m):
             half = _mapping(old // 2, new // 2, generator)
             for conv in (m.conv_1, m.conv_2):
                 _widen_conv(conv, half, idx, out)
@@ -117,17 +127,26 @@ def wider(model: nn.Module, k: int, optimizer: Optional[torch.optim.Optimizer] =
     parameter lists and state follow. Returns the (old, new, map) triples of the replaced
     parameters."""
     from .partial import PartialMixedOp, _check_partition
+    from .patch import patched_partial_width
 
     widened: list[Widened] = []
-    for m in model.modules():
-        if not isinstance(m, PartialMixedOp) or m.k == k:
+    for name, m in model.named_modules():
+        if isinstance(m, PartialMixedOp):
+            C, k_old = m.C, m.k
+        else:
+            width = patched_partial_width(m, name)
+            if width is None:
+                continue
+            k_old = m.k
+            C = width * k_old
+        if k_old == k:
             continue
-        _check_partition(m.C, k)
-        if k > m.k:
-            raise ValueError(f"k: wider() only widens (fewer partitions); the edge has k={m.k}, "
-                             f"got {k}")
-        old, new = m.C // m.k, m.C // k
-        if any(isinstance(s, FactorizedReduce) for s in m._ops.modules()) and new % 2:
+        _check_partition(C, k)
+        if k > k_old:
+            raise ValueError(f"k: wider() only widens (fewer partitions); {name or 'the model'} "
+                             f"has k={k_old}, got {k}")
+        old, new = C // k_old, C // k
+        if any(_is_factorized_reduce(s) for s in m._ops.modules()) and new % 2:
             raise ValueError(f"k: a reduction edge's FactorizedReduce needs an even width; "
                              f"C/k = {new}")
         widened += _widen_ops(m._ops, old, new, generator)

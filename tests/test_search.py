@@ -248,6 +248,29 @@ def test_cli_errors_name_the_flags(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["--device", "bogus"], "--device: expected auto, cpu, cuda or cuda:N; got 'bogus'"),
+    (["--device", "meta"], "--device: a search runs on cpu or cuda; got 'meta'"),
+    (["--data-dir", "somewhere"], "--data-dir: the digits data set is built in and reads no "
+                                  "files, so 'somewhere' would be ignored"),
+])
+def test_cli_bad_device_and_an_ignored_data_dir_are_one_line_errors(argv, expected, tmp_path,
+                                                                     capsys):
+    code = cli_main(["search", *argv, "--run-dir", str(tmp_path / "r"), "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastdarts search: error: ") and expected in err, err
+    assert "Traceback" not in err and not (tmp_path / "r").exists()
+
+
+def test_cli_refuses_a_second_process_started_by_torchrun(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun --nproc_per_node 2 sets
+    code = cli_main(["search", "--run-dir", str(tmp_path / "r"), "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "started 2 (WORLD_SIZE=2)" in err and not (tmp_path / "r").exists()
+
+
 def test_cli_existing_run_dir_suggests_resume(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

@@ -26,6 +26,9 @@ DATASETS = {
     "synthetic": lambda root=None, seed=0: synthetic_data(seed=seed),
 }
 
+#: data sets that read no files: a `data_dir` given with one is a mistake, not a no-op
+EMBEDDED = frozenset({"digits", "synthetic"})
+
 
 def load_dataset(name: str, data_dir=None, seed: int = 0, **options) -> SearchData:
     """Load the search splits of data set `name` (see `DATASETS`) from `data_dir`; `options`
@@ -34,6 +37,11 @@ def load_dataset(name: str, data_dir=None, seed: int = 0, **options) -> SearchDa
         loader = DATASETS[name]
     except KeyError:
         raise ValueError(f"dataset must be one of {sorted(DATASETS)}; got {name!r}") from None
+    if name in EMBEDDED and data_dir is not None:
+        raise ValueError(f"data_dir: the {name} data set is built in and reads no files, so "
+                         f"{str(data_dir)!r} would be ignored; leave data_dir out, or name the "
+                         f"data set it holds (dataset: one of "
+                         f"{sorted(set(DATASETS) - EMBEDDED)})")
     return loader(data_dir, seed=seed, **options)
 
 
