@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks that constraints.txt + requirements-test.txt resolve against PyPI alone (no local
 # wheels, no pip config) and that the resolver picks exactly each pinned version.
-# Needs network access to pypi.org; not part of .ci/run, which may run offline.
+# Needs network access to pypi.org; .ci/run runs it where pypi.org is reachable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 report=$(mktemp)
