@@ -52,9 +52,11 @@ def gradients(model: torch.nn.Module, loss_of: Callable, dtype: torch.dtype,
 
 
 def perturbed(x: torch.Tensor, seed: int, scale: float = 1e-6) -> torch.Tensor:
-    """`x` moved by `scale` relative noise: another fp32 rounding of the same problem."""
+    """`x` moved by `scale` relative noise (about the precision's rounding): another
+    rounding of the same problem."""
     g = torch.Generator().manual_seed(seed)
-    return x * (1 + scale * torch.randn(x.shape, generator=g, dtype=x.dtype))
+    noise = torch.randn(x.shape, generator=g, dtype=torch.float32).to(x.device, x.dtype)
+    return x * (1 + scale * noise)
 
 
 def accuracy_report(fused: dict, reference, exact: dict, dtype=torch.float32,

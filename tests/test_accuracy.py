@@ -108,3 +108,29 @@ def test_the_rule_catches_three_lost_digits():
     with pytest.raises(AssertionError, match="1 of 1 gradients"):
         assert_as_accurate_as_reference(noisy, reference, exact, what="noisy")
     assert not accuracy_report(reference, reference, exact)["broken"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16/fp16 kernels)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", ["darts", "pcdarts", "nb201"])
+def test_half_precision_supernets_are_as_accurate_as_pytorch(name, dtype):
+    """bf16/fp16 by the same rule, against the fp32 run (floors in tests/accuracy.py)."""
+    options = dict(SUPERNETS[name])
+    space = options.pop("space")
+    torch.manual_seed(0)
+    model = build_supernet(space, 5, C=8, layers=2 if space == "nb201" else 5,
+                           memory="reference", **options).cuda()
+    x, y = (t.cuda() for t in _batch())
+
+    def loss_on(inputs):
+        return lambda m, dt: F.cross_entropy(m(inputs.to(dt)).float(), y)
+
+    exact = gradients(model, loss_on(x), torch.float32)
+    reference = [gradients(model, loss_on(inputs), dtype)
+                 for inputs in (x, perturbed(x, 1, 1e-2), perturbed(x, 2, 1e-2))]
+    for mode in ("fast", "low"):
+        fused_model = copy.deepcopy(model)
+        _set_memory(fused_model, mode)
+        fused = gradients(fused_model, loss_on(x), dtype)
+        assert_as_accurate_as_reference(fused, reference, exact, dtype=dtype,
+                                        what=f"{name} {mode} {dtype}")
