@@ -23,12 +23,22 @@ from .ops.nb201 import PRIMITIVES as NB201_PRIMITIVES
 __all__ = [
     "DartsGenotype", "NB201Genotype", "derive_darts_genotype", "derive_nb201_genotype",
     "nb201_all_arch_strings", "nb201_arch_index", "nb201_arch_string", "save_genotype",
-    "load_genotype", "genotype_to_dict", "genotype_from_dict", "DARTS_V2", "PC_DARTS_CIFAR",
+    "load_genotype", "genotype_to_dict", "genotype_from_dict", "DARTS_V1", "DARTS_V2",
+    "PC_DARTS_CIFAR", "PC_DARTS_IMAGE",
 ]
 
 DartsGenotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
 
-#: Published cells, useful as fixtures (DARTS cnn/genotypes.py, PC-DARTS genotypes.py).
+#: Published cells (DARTS cnn/genotypes.py: DARTS_V1 first order, DARTS_V2 second order;
+#: PC-DARTS genotypes.py: PC_DARTS_cifar, PC_DARTS_image), for `fastdarts.build_network`.
+DARTS_V1 = DartsGenotype(
+    normal=[("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 0), ("sep_conv_3x3", 1),
+            ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 2)],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 0),
+            ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("avg_pool_3x3", 0)],
+    reduce_concat=[2, 3, 4, 5],
+)
 DARTS_V2 = DartsGenotype(
     normal=[("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
             ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)],
@@ -43,6 +53,14 @@ PC_DARTS_CIFAR = DartsGenotype(
     normal_concat=[2, 3, 4, 5],
     reduce=[("sep_conv_5x5", 1), ("max_pool_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_5x5", 2),
             ("sep_conv_3x3", 0), ("sep_conv_3x3", 3), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2)],
+    reduce_concat=[2, 3, 4, 5],
+)
+PC_DARTS_IMAGE = DartsGenotype(
+    normal=[("skip_connect", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 0), ("skip_connect", 1),
+            ("sep_conv_3x3", 1), ("sep_conv_3x3", 3), ("sep_conv_3x3", 1), ("dil_conv_5x5", 4)],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_5x5", 2), ("max_pool_3x3", 1),
+            ("sep_conv_3x3", 2), ("sep_conv_3x3", 1), ("sep_conv_5x5", 0), ("sep_conv_3x3", 3)],
     reduce_concat=[2, 3, 4, 5],
 )
 

@@ -23,7 +23,7 @@ forward and reported by name, never silently wrong. `unpatch(model)` undoes ever
 
 What a patched model follows while the user's code changes it between steps:
 * the mixed op's forward is read first (`fastdarts.forward_source`): one that reads state the
-  fused forward would not follow (an attribute of `self` other than `_ops`, `k`, `mp`, `C`, a
+  fused forward would not follow (an attribute of `self` other than `_ops`, `k`, `mp`, or a
   global object) keeps its own forward, and the report says what it reads; DARTS-'s
   auxiliary term `+ self.aux(x) * beta` is followed, beta evaluated from the user's
   expression on every call;
@@ -59,7 +59,7 @@ __all__ = ["patch", "unpatch", "PatchReport"]
 
 #: the attributes of `self` a mixed op's forward may read and stay fused: the fused forward
 #: reads `_ops` and K (`k`, or the ops' width beside a bypass pool `mp`) on every call
-FOLLOWED_ATTRIBUTES = frozenset({"_ops", "k", "mp", "C"})
+FOLLOWED_ATTRIBUTES = frozenset({"_ops", "k", "mp"})
 
 
 @dataclass
