@@ -1,4 +1,5 @@
-"""The `fastdarts` command line: `fastdarts search ...` and `fastdarts info`."""
+"""The `fastdarts` command line: `fastdarts search ...`, `fastdarts train ...` and
+`fastdarts info`."""
 from __future__ import annotations
 
 import argparse
@@ -207,8 +208,91 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the search in --run-dir from its last checkpoint")
     s.add_argument("--print-config", action="store_true",
                    help="print the configuration these options resolve to (JSON) and exit")
+    _add_train_parser(sub)
     sub.add_parser("info", help="backends (and the one auto picks), device, build metadata")
     return parser
+
+
+def _add_train_parser(sub) -> None:
+    from .retrain import PRESETS, TRAINABLE_DATASETS
+
+    def preset(field: str) -> str:
+        return (f" [default: digits {PRESETS['digits'][field]}; cifar10, cifar100, svhn, "
+                f"imagenet16-120 {PRESETS['cifar'][field]}]")
+
+    t = sub.add_parser("train", help="retrain a genotype from scratch and report its test "
+                                     "accuracy", description="Train a genotype's evaluation "
+                       "network (DARTS's NetworkCIFAR) from scratch on the training data and "
+                       "test it on the held-out split after every epoch. Options left out take "
+                       "the data set's preset; options given win.")
+    t.add_argument("--from", dest="from_run", default=None, metavar="RUN_DIR",
+                   help="a `fastdarts search` run directory: its genotype and data set")
+    t.add_argument("--genotype", default=None,
+                   help="a genotype.json, a run directory or a published genotype (DARTS_V1, "
+                        "DARTS_V2, PC_DARTS_CIFAR, PC_DARTS_IMAGE)")
+    t.add_argument("--dataset", choices=TRAINABLE_DATASETS, default=None,
+                   help="[default: the run's (--from), else digits]")
+    t.add_argument("--data-dir", default=None, help="folder of the data set's files")
+    t.add_argument("--epochs", type=_positive_int, default=None, help=preset("epochs"))
+    t.add_argument("--batch-size", type=_positive_int, default=None,
+                   help=preset("batch_size"))
+    t.add_argument("--lr", type=float, default=None, help="SGD learning rate, cosine to "
+                   "--lr-min" + preset("lr"))
+    t.add_argument("--lr-min", type=float, default=None, help="[default: 0]")
+    t.add_argument("--weight-decay", type=float, default=None, help=preset("weight_decay"))
+    t.add_argument("--init-channels", type=_positive_int, default=None,
+                   help=preset("init_channels"))
+    t.add_argument("--layers", type=_positive_int, default=None, help="cells" + preset("layers"))
+    t.add_argument("--auxiliary", action=argparse.BooleanOptionalAction, default=None,
+                   help="the auxiliary head after cell 2L/3, its loss weighted 0.4"
+                        + preset("auxiliary"))
+    t.add_argument("--drop-path-prob", type=float, default=None,
+                   help="reached at the last epoch, rising linearly from 0"
+                        + preset("drop_path_prob"))
+    t.add_argument("--cutout", type=int, default=None, help="cutout side in pixels, 0: none"
+                   + preset("cutout"))
+    t.add_argument("--seed", type=int, default=None, help="[default: 0]")
+    t.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N [default: auto]")
+    t.add_argument("--run-dir", default=None,
+                   help="[default: runs/train-<genotype or run>-<dataset>-seed<seed>]")
+    t.add_argument("--no-progress", action="store_true", default=None,
+                   help="no progress bar (epoch lines are still printed)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the training in --run-dir from its last checkpoint")
+    t.add_argument("--print-config", action="store_true",
+                   help="print the configuration these options resolve to (JSON) and exit")
+
+
+def _train_main(args, parser) -> int:
+    from .retrain import CHECKPOINT as TRAIN_CHECKPOINT
+    from .retrain import TrainConfig, run_training
+
+    given = {k: v for k, v in vars(args).items()
+             if k not in ("command", "resume", "print_config", "no_progress") and v is not None}
+    if args.no_progress:
+        given["progress"] = False
+    try:
+        if args.resume:
+            if "run_dir" not in given:
+                raise SystemExit("fastdarts train: --resume needs --run-dir")
+            stored_path = Path(given["run_dir"]) / "config.json"
+            if not (Path(given["run_dir"]) / TRAIN_CHECKPOINT).is_file():
+                raise SystemExit(f"fastdarts train: --resume: no {TRAIN_CHECKPOINT} in "
+                                 f"{given['run_dir']}")
+            stored = json.loads(stored_path.read_text())
+            stored.update(given)
+            cfg = TrainConfig(**{f.name: stored[f.name] for f in dataclasses.fields(TrainConfig)
+                                 if f.name in stored})
+        else:
+            cfg = TrainConfig(**given)
+        if args.print_config:
+            print(json.dumps(cfg.resolved().to_dict(), indent=2))
+            return 0
+        run_training(cfg, resume=args.resume)
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, TypeError) as e:
+        print(f"fastdarts train: error: {_in_flags(str(e), parser, 'train')}", file=sys.stderr)
+        return 2
+    return 0
 
 
 #: flags that switch a default-True field off
@@ -247,13 +331,12 @@ def _config_from_args(args: argparse.Namespace) -> tuple[SearchConfig, bool]:
     return cfg, False
 
 
-def _in_flags(message: str, parser: argparse.ArgumentParser) -> str:
+def _in_flags(message: str, parser: argparse.ArgumentParser, command: str = "search") -> str:
     """`message` with configuration field names written as the options that set them
     (`partial_k` -> `--partial-k`), for a command-line user. Names with an underscore are
     translated wherever they stand; one-word names (`lr`, `order`) only at the start, where
     they name the field rather than being English."""
-    search = next(a for a in parser._subparsers._group_actions[0].choices.values()
-                  if any(x.dest == "epochs" for x in a._actions))
+    search = parser._subparsers._group_actions[0].choices[command]
     flags = {a.dest: a.option_strings[0] for a in search._actions
              if a.option_strings and a.dest not in _FIELD_OF_ARG}
     flags["run_dir"] = "--run-dir"
@@ -273,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "info":
         from .info import main as info_main
         return info_main()
+    if args.command == "train":
+        return _train_main(args, parser)
     try:
         cfg, resume = _config_from_args(args)
         if args.print_config:

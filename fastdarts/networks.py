@@ -21,7 +21,7 @@ from .genotypes import DartsGenotype, load_genotype
 from .ops.darts import OPS, FactorizedReduce, Identity, ReLUConvBN
 
 __all__ = ["EvalCell", "NetworkCIFAR", "NetworkImageNet", "build_network", "parameter_count",
-           "drop_path"]
+           "drop_path", "resolve_genotype"]
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
@@ -173,7 +173,9 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if "auxiliary" not in n)
 
 
-def _genotype_of(genotype) -> DartsGenotype:
+def resolve_genotype(genotype) -> DartsGenotype:
+    """A DartsGenotype from itself, a genotype.json, a search run directory or a published
+    name (`fastdarts.genotypes`)."""
     if isinstance(genotype, DartsGenotype):
         return genotype
     if isinstance(genotype, str) and not os.path.exists(genotype):
@@ -203,7 +205,7 @@ def build_network(genotype, dataset: str = "cifar10", C: Optional[int] = None,
     """The evaluation network of `genotype` (a DartsGenotype, a `genotype.json` file or run
     directory, or a published name such as "DARTS_V2") for `dataset`: NetworkImageNet for
     "imagenet", NetworkCIFAR otherwise, with the original's C and depth unless given."""
-    genotype = _genotype_of(genotype)
+    genotype = resolve_genotype(genotype)
     classes = {"cifar10": 10, "cifar100": 100, "svhn": 10, "imagenet": 1000,
                "imagenet16-120": 120, "digits": 10}
     if num_classes is None:

@@ -240,7 +240,8 @@ class SearchResult:
     run_dir: Path
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """`auto`, `cpu`, `cuda` or `cuda:N` as a device torch has; a named error otherwise."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -425,7 +426,7 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
     _one_process()
     run_dir = Path(cfg.run_dir)
     ckpt_path = run_dir / CHECKPOINT
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     if cfg.cuda_graph and device.type != "cuda":
         raise ValueError(f"cuda_graph needs a CUDA device (a CUDA graph replays device "
                          f"work); this search runs on {device}")
