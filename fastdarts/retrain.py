@@ -12,8 +12,8 @@ given win over the preset.
 A run writes, in its run directory: `config.json`, `log.jsonl` (one record per epoch),
 `checkpoint.pt` (atomic, every epoch; `resume=True` continues to exactly the
 uninterrupted result: model, optimiser, schedule, loader order and augmentation, cutout and
-drop-path random numbers), `result.json` (test top-1/top-5, parameters, time, provenance)
-and `accuracy.png`.
+drop-path random numbers), `result.json` (test top-1/top-5, parameters, multiply-adds per
+image, inference latency at batch 1 and 64, time, provenance) and `accuracy.png`.
 """
 from __future__ import annotations
 
@@ -129,6 +129,35 @@ def cutout(x: torch.Tensor, length: int, generator: torch.Generator) -> torch.Te
                 & (xs[None] < (cx[:, None] + length - length // 2)))
     keep = ~(inside_y[:, :, None] & inside_x[:, None, :])
     return x * keep[:, None].to(x.dtype)
+
+
+@torch.no_grad()
+def cost(model, spec, device, batches=(1, 64), repeats: int = 5) -> dict:
+    """Multiply-accumulates per image (convolutions and linear layers, as counted by
+    `torch.utils.flop_counter`: pools, BN and ReLU are left out) and the median inference
+    latency at each batch size on `device`, in eval mode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    shape = (spec.in_channels, spec.image_size, spec.image_size)
+    with FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *shape, device=device))
+    latency = {}
+    for n in batches:
+        x = torch.randn(n, *shape, device=device)
+        times = []
+        for _ in range(repeats + 1):  # the first call warms up
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        latency[f"batch_{n}"] = 1000 * sorted(times[1:])[len(times[1:]) // 2]
+    model.train(was_training)
+    return {"macs_per_image": counter.get_total_flops() // 2, "latency_ms": latency}
 
 
 @torch.no_grad()
@@ -271,7 +300,7 @@ def run_training(config: TrainConfig, resume: bool = False, data=None, log=print
                      "cutout_generator": cutout_generator.get_state(), "rng": rng_state(),
                      "history": history}, ckpt_path)
     result = {"config": cfg.to_dict(), "genotype": genotype_to_dict(genotype),
-              "parameters": params, "epochs_done": len(history),
+              "parameters": params, **cost(model, spec, device), "epochs_done": len(history),
               "test_top1": history[-1]["test_top1"] if history else math.nan,
               "test_top5": history[-1]["test_top5"] if history else math.nan,
               "train_time_s_this_session": time.perf_counter() - began,

@@ -36,6 +36,7 @@ def test_training_learns_and_writes_readable_results(tmp_path):
     written = json.loads((run / "result.json").read_text())
     assert written["parameters"] == result["parameters"] > 0
     assert written["provenance"]["commit"]
+    assert written["macs_per_image"] > 0 and set(written["latency_ms"]) == {"batch_1", "batch_64"}
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1, 2, 3]
     assert records[0]["drop_path_prob"] == 0 and records[-1]["drop_path_prob"] == 0.1 * 3 / 4
@@ -60,6 +61,26 @@ def test_resume_refuses_a_changed_configuration(tmp_path):
     run_training(_config(tmp_path / "run"), data=_data(), log=quiet, stop_after_epochs=1)
     with pytest.raises(ValueError, match="lr: 0.05 vs 0.1"):
         run_training(_config(tmp_path / "run", lr=0.1), resume=True, data=_data(), log=quiet)
+
+
+def test_cost_counts_the_multiply_adds_of_a_known_network():
+    from torch import nn
+
+    from fastdarts.data.core import DataSpec
+    from fastdarts.retrain import cost
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).mean((2, 3))), None
+
+    spec = DataSpec("t", 2, 3, 8, (0.5,) * 3, (0.25,) * 3)
+    got = cost(Net(), spec, torch.device("cpu"), batches=(1,), repeats=1)
+    assert got["macs_per_image"] == 8 * 8 * 4 * 3 * 9 + 4 * 2  # the conv and the linear
 
 
 def test_cutout_zeroes_one_square_per_image():
