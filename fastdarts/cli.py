@@ -1,5 +1,5 @@
-"""The `fastdarts` command line: `fastdarts search ...`, `fastdarts train ...` and
-`fastdarts info`."""
+"""The `fastdarts` command line: `fastdarts search ...`, `fastdarts train ...`,
+`fastdarts plot RUN_DIR` and `fastdarts info`."""
 from __future__ import annotations
 
 import argparse
@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--print-config", action="store_true",
                    help="print the configuration these options resolve to (JSON) and exit")
     _add_train_parser(sub)
+    plot = sub.add_parser("plot", help="redraw a search run's pictures: the mixing weights "
+                                       "per epoch and the cells of its genotype")
+    plot.add_argument("run_dir", help="a `fastdarts search` run directory")
     sub.add_parser("info", help="backends (and the one auto picks), device, build metadata")
     return parser
 
@@ -261,6 +264,27 @@ def _add_train_parser(sub) -> None:
                    help="continue the training in --run-dir from its last checkpoint")
     t.add_argument("--print-config", action="store_true",
                    help="print the configuration these options resolve to (JSON) and exit")
+
+
+def _plot_main(run_dir: str) -> int:
+    from .cell_diagram import draw_genotype
+    from .genotypes import DartsGenotype, load_genotype
+    from .report import JsonlLog, plot_arch_weights
+
+    run = Path(run_dir)
+    history = [r for r in JsonlLog(run / "log.jsonl").records() if "weights" in r]
+    if not history:
+        print(f"fastdarts plot: error: {run} has no log.jsonl with mixing weights (a "
+              f"`fastdarts search` run directory has one)", file=sys.stderr)
+        return 2
+    plot_arch_weights(history, run / "alphas.png", title=str(run.name))
+    written = [run / "alphas.png"]
+    if (run / "genotype.json").is_file():
+        genotype = load_genotype(run / "genotype.json")
+        if isinstance(genotype, DartsGenotype):
+            written += draw_genotype(genotype, run / "cell")
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
 
 
 def _train_main(args, parser) -> int:
@@ -358,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         return info_main()
     if args.command == "train":
         return _train_main(args, parser)
+    if args.command == "plot":
+        return _plot_main(args.run_dir)
     try:
         cfg, resume = _config_from_args(args)
         if args.print_config:

@@ -24,10 +24,11 @@ from torch import nn
 from .algorithms import algorithm_class, get_algorithm
 from .checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
 from .data import InfiniteLoader, SearchData, load_dataset, make_loader, to_device
-from .genotypes import genotype_to_dict, save_genotype
+from .genotypes import DartsGenotype, genotype_to_dict, save_genotype
 from .graphs import CapturedStep, make_capturable
 from .info import provenance
 from .recompute import module_uses_rng
+from .cell_diagram import draw_genotype
 from .report import JsonlLog, plot_arch_weights
 from .spaces import DEFAULT_C, build_supernet
 from .training import WeightTraining
@@ -593,6 +594,8 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
             test_loss, test_acc = evaluate(model, test_eval, device, weights,
                                               memory_format)
         save_genotype(run_dir / "genotype.json", genotype)
+        if isinstance(genotype, DartsGenotype):
+            draw_genotype(genotype, run_dir / "cell")
         result = {
             "config": cfg.to_dict(), "genotype": genotype_to_dict(genotype),
             "test_loss": test_loss, "test_accuracy": test_acc,
@@ -610,6 +613,8 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
         if test_acc is not None:
             log(f"supernet test accuracy on the held-out split: {test_acc:.2f}% "
                 f"(loss {test_loss:.3f}; chance {100 / data.spec.num_classes:.1f}%)")
+        cells = (f", {run_dir / 'cell_normal.png'}, {run_dir / 'cell_reduction.png'}"
+                 if isinstance(genotype, DartsGenotype) else "")
         log(f"wrote {run_dir / 'genotype.json'}, {run_dir / 'result.json'}, "
-            f"{run_dir / 'log.jsonl'}, {run_dir / 'alphas.png'}")
+            f"{run_dir / 'log.jsonl'}, {run_dir / 'alphas.png'}{cells}")
     return SearchResult(genotype, test_acc, test_loss, history, run_dir)

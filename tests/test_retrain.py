@@ -118,3 +118,31 @@ def test_cli_errors_name_the_flags(argv, expected, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("fastdarts train: error: ") and expected in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_cell_diagrams_draw_every_op_of_both_cells(tmp_path):
+    from fastdarts.cell_diagram import cell_dot, draw_genotype
+
+    written = draw_genotype(DARTS_V2, tmp_path / "cell")
+    assert {p.name for p in written} == {f"cell_{k}.{x}" for k in ("normal", "reduction")
+                                         for x in ("dot", "png", "svg")}
+    assert all(p.stat().st_size > 0 for p in written)
+    dot = cell_dot(DARTS_V2.normal, DARTS_V2.normal_concat, "normal cell")
+    for name, index in DARTS_V2.normal:  # one labelled arrow per op
+        assert f'label="{name}"' in dot
+    assert dot.count("->") == len(DARTS_V2.normal) + len(DARTS_V2.normal_concat)
+    assert '"c_{k-2}" -> "0" [label="sep_conv_3x3"' in dot
+
+
+def test_cli_plot_redraws_a_search_run(tmp_path, capsys):
+    from fastdarts.search import run_search
+    from tests.test_search import quiet as search_quiet
+    from tests.test_search import tiny_config, tiny_data
+
+    run_search(tiny_config(tmp_path / "run", epochs=1), data=tiny_data(), log=search_quiet)
+    assert (tmp_path / "run" / "cell_normal.png").is_file()  # the search drew them
+    (tmp_path / "run" / "alphas.png").unlink()
+    assert cli_main(["plot", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "alphas.png").is_file()
+    assert "cell_reduction.svg" in capsys.readouterr().out
+    assert cli_main(["plot", str(tmp_path / "nothing")]) == 2
