@@ -68,11 +68,15 @@ def digits_search(sources: list[str]) -> str:
     r = _load(path)
     where = r["provenance"]
     total = r["search_time_s_this_session"]
+    margins = r.get("final_margins")
+    decided = (f" The edges' decision margins (best op's weight minus the runner-up's) end at "
+               f"median {margins['median']:.3f}, max {margins['max']:.3f}."
+               if margins else "")
     return (f"Measured with the default command at commit {where['commit']} ({where['date']}, "
             f"{where['device']}): **{r['test_accuracy']:.2f}%** accuracy of the supernet on "
             f"the held-out test split (chance 10%), {total / 60:.1f} minutes in all "
             f"({total / r['config']['epochs']:.0f} s per epoch, set-up and the test pass "
-            f"included; `{path}`).\n")
+            f"included; `{path}`).{decided}\n")
 
 
 def digits_train(sources: list[str]) -> str:

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["JsonlLog", "plot_arch_weights"]
+__all__ = ["JsonlLog", "plot_arch_weights", "decision_margins", "margin_summary"]
 
 
 class JsonlLog:
@@ -37,6 +37,28 @@ class JsonlLog:
         os.replace(tmp, self.path)
 
 
+def decision_margins(weights: dict, exclude_none: bool = True) -> dict[str, list[float]]:
+    """Per architecture tensor, per edge: how decided the edge is, the best op's mixing
+    weight minus the runner-up's (`none` left out where the genotype leaves it out: the
+    DARTS spaces; NAS-Bench-201's derivation keeps it). `weights` is a log record's
+    `weights` (`{name: {"ops", "values", ...}}`)."""
+    out = {}
+    for name, meta in weights.items():
+        margins = []
+        for ops, values in zip(meta["ops"], meta["values"]):
+            kept = sorted((v for op, v in zip(ops, values)
+                           if not (exclude_none and op == "none")), reverse=True)
+            margins.append(round(kept[0] - kept[1], 6) if len(kept) > 1 else 1.0)
+        out[name] = margins
+    return out
+
+
+def margin_summary(margins: dict[str, list[float]]) -> dict[str, float]:
+    """min / median / max of the edges' decision margins over every tensor."""
+    values = sorted(v for per_edge in margins.values() for v in per_edge)
+    return {"min": values[0], "median": values[len(values) // 2], "max": values[-1]}
+
+
 def plot_arch_weights(history: list[dict], path: str | os.PathLike, title: str = "") -> None:
     """Plot, for every edge of every architecture tensor, each op's mixing weight per epoch.
 
@@ -61,6 +83,14 @@ def plot_arch_weights(history: list[dict], path: str | os.PathLike, title: str =
     nrows = sum(rows for _, _, rows in layout)
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.2 * nrows + 0.8),
                              squeeze=False, sharex=True, sharey=True)
+    # one y range for every panel, fitted to the data: near-uniform weights (an undecided
+    # search) would otherwise be flat lines on a 0-1 axis
+    every = [v for r in history for meta in r["weights"].values() for row in meta["values"]
+             for v in row]
+    every += [v for r in history for e in r.get("edge_weights", {}).values() for v in e]
+    low, high = min(every), max(every)
+    pad = max(0.05 * (high - low), 1e-3)
+    margins = history[-1].get("margins") or decision_margins(history[-1]["weights"])
     row = 0
     handles = {}
     for name, n_edges, rows in layout:
@@ -78,9 +108,9 @@ def plot_arch_weights(history: list[dict], path: str | os.PathLike, title: str =
                 values = [r["edge_weights"][name][e] for r in history]
                 (line,) = ax.plot(epochs, values, "k--", label="edge weight", linewidth=1.0)
                 handles.setdefault("edge weight", line)
-            ax.set_title(f"{name} {meta['edges'][e]}", fontsize=8)
+            ax.set_title(f"{name} {meta['edges'][e]}  margin {margins[name][e]:.3f}", fontsize=8)
             ax.tick_params(labelsize=7)
-            ax.set_ylim(0, 1)
+            ax.set_ylim(low - pad, high + pad)
         row += rows
     fig.legend(list(handles.values()), list(handles), loc="lower center",
                ncol=min(len(handles), 8), fontsize=8)

@@ -29,7 +29,7 @@ from .graphs import CapturedStep, make_capturable
 from .info import provenance
 from .recompute import module_uses_rng
 from .cell_diagram import draw_genotype
-from .report import JsonlLog, plot_arch_weights
+from .report import JsonlLog, decision_margins, margin_summary, plot_arch_weights
 from .spaces import DEFAULT_C, build_supernet
 from .training import WeightTraining
 
@@ -40,10 +40,12 @@ CHECKPOINT = "checkpoint.pt"
 
 #: Per-data-set defaults that differ from the DARTS CIFAR settings. The digits preset is
 #: sized for a search of a few minutes on 2 CPU cores: a smaller supernet (8x8 images need
-#: no 8-cell network) and a larger architecture learning rate for the few steps per epoch.
+#: no 8-cell network) and an architecture learning rate 100x DARTS's for the 120 steps it
+#: gets (at 3e-3 the mixing weights ended within 0.016 of uniform; at 3e-2 the best op of
+#: an edge leads its runner-up by up to 0.2, a median 0.03)
 DATASET_PRESETS = {
     "digits": {"epochs": 10, "batch_size": 64, "init_channels": 8, "layers": 5,
-               "arch_lr": 3e-3},
+               "arch_lr": 3e-2},
     "synthetic": {"epochs": 2, "batch_size": 32, "init_channels": 4, "layers": 3},
     # direct search at 224x224 (PC-DARTS's ImageNet settings, ALGORITHMS.md §3.3): the
     # ImageNet stem, a cosine from 0.5 with a 5-epoch warm-up (batches > 256), Adam 6e-3 and
@@ -570,6 +572,8 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
         edge_weights = _edge_weights_record([w.detach().cpu() for w in weights])
         if edge_weights is not None:
             record["edge_weights"] = edge_weights
+        record["margins"] = decision_margins(record["weights"],
+                                             exclude_none=hasattr(model, "alphas_normal"))
         history.append(record)
         atomic_save({
             "config": cfg.to_dict(), "epoch": epoch + 1, "model": model.state_dict(),
@@ -580,8 +584,10 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
         log_file.append(record)
         plot_arch_weights(history, run_dir / "alphas.png",
                           title=f"{cfg.algo} on {cfg.space} / {cfg.dataset}")
+        spread = margin_summary(record["margins"])
         log(f"epoch {epoch + 1}/{cfg.epochs}  lr {lr:.4g}  train loss {record['train_loss']:.3f} "
             f"acc {record['train_acc']:.1f}%  val loss {val_loss:.3f} acc {val_acc:.1f}%  "
+            f"margin min {spread['min']:.3f} median {spread['median']:.3f}  "
             f"{record['images_per_s']:.0f} img/s  {epoch_time:.1f}s")
 
     completed = history[-1]["epoch"] + 1 if history else 0
@@ -600,6 +606,8 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
             "config": cfg.to_dict(), "genotype": genotype_to_dict(genotype),
             "test_loss": test_loss, "test_accuracy": test_acc,
             "final_val_accuracy": history[-1]["val_acc"] if history else None,
+            "final_margins": (margin_summary(history[-1]["margins"])
+                              if history and "margins" in history[-1] else None),
             "search_time_s_this_session": time.perf_counter() - search_start,
             "num_weights": sum(p.numel() for p in training.params),
             "method": {"algo": cfg.algo, "order": cfg.order,
