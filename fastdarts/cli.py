@@ -313,7 +313,7 @@ def _train_main(args, parser) -> int:
             print(json.dumps(cfg.resolved().to_dict(), indent=2))
             return 0
         run_training(cfg, resume=args.resume)
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, TypeError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
         print(f"fastdarts train: error: {_in_flags(str(e), parser, 'train')}", file=sys.stderr)
         return 2
     return 0
