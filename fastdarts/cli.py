@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the configuration these options resolve to (JSON) and exit")
     _add_train_parser(sub)
     plot = sub.add_parser("plot", help="redraw a search run's pictures: the mixing weights "
-                                       "per epoch and the cells of its genotype")
+                                       "per epoch, a heatmap of the final ones and the cells "
+                                       "of its genotype")
     plot.add_argument("run_dir", help="a `fastdarts search` run directory")
     sub.add_parser("info", help="backends (and the one auto picks), device, build metadata")
     return parser
@@ -269,7 +270,7 @@ def _add_train_parser(sub) -> None:
 def _plot_main(run_dir: str) -> int:
     from .cell_diagram import draw_genotype
     from .genotypes import DartsGenotype, load_genotype
-    from .report import JsonlLog, plot_arch_weights
+    from .report import JsonlLog, plot_arch_weights, plot_final_weights
 
     run = Path(run_dir)
     history = [r for r in JsonlLog(run / "log.jsonl").records() if "weights" in r]
@@ -278,7 +279,8 @@ def _plot_main(run_dir: str) -> int:
               f"`fastdarts search` run directory has one)", file=sys.stderr)
         return 2
     plot_arch_weights(history, run / "alphas.png", title=str(run.name))
-    written = [run / "alphas.png"]
+    plot_final_weights(history[-1], run / "alphas_final.png", title=str(run.name))
+    written = [run / "alphas.png", run / "alphas_final.png"]
     if (run / "genotype.json").is_file():
         genotype = load_genotype(run / "genotype.json")
         if isinstance(genotype, DartsGenotype):

@@ -6,7 +6,8 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["JsonlLog", "plot_arch_weights", "decision_margins", "margin_summary"]
+__all__ = ["JsonlLog", "plot_arch_weights", "plot_final_weights", "decision_margins",
+           "margin_summary"]
 
 
 class JsonlLog:
@@ -119,5 +120,41 @@ def plot_arch_weights(history: list[dict], path: str | os.PathLike, title: str =
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
     fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_final_weights(record: dict, path: str | os.PathLike, title: str = "") -> None:
+    """A heatmap per architecture tensor of the last epoch's mixing weights: one row per
+    edge (with its decision margin), one column per op, each cell's value written in it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tensors = record["weights"]
+    margins = record.get("margins") or decision_margins(tensors)
+    fig, axes = plt.subplots(1, len(tensors), squeeze=False,
+                             figsize=(5.2 * len(tensors), 0.34 * max(
+                                 len(m["edges"]) for m in tensors.values()) + 1.8))
+    for ax, (name, meta) in zip(axes[0], tensors.items()):
+        ops = meta["ops"][0]
+        if any(o != ops for o in meta["ops"]):  # S1-S4: per-edge op lists, drawn by position
+            ops = [f"op {k}" for k in range(len(ops))]
+        values = meta["values"]
+        image = ax.imshow(values, cmap="viridis", aspect="auto")
+        for e, row in enumerate(values):
+            for k, v in enumerate(row):
+                ax.text(k, e, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if v < (min(row) + max(row)) / 2 else "black")
+        ax.set_xticks(range(len(ops)), ops, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(values)), [f"{edge}  ({m:.3f})" for edge, m in
+                                           zip(meta["edges"], margins[name])], fontsize=7)
+        ax.set_title(f"{name}: final mixing weights (edge margin)", fontsize=9)
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.suptitle(title or "final mixing weights", fontsize=10)
+    fig.tight_layout()
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, path)

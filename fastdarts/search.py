@@ -29,7 +29,8 @@ from .graphs import CapturedStep, make_capturable
 from .info import provenance
 from .recompute import module_uses_rng
 from .cell_diagram import draw_genotype
-from .report import JsonlLog, decision_margins, margin_summary, plot_arch_weights
+from .report import (JsonlLog, decision_margins, margin_summary, plot_arch_weights,
+                     plot_final_weights)
 from .spaces import DEFAULT_C, build_supernet
 from .training import WeightTraining
 
@@ -600,6 +601,8 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
             test_loss, test_acc = evaluate(model, test_eval, device, weights,
                                               memory_format)
         save_genotype(run_dir / "genotype.json", genotype)
+        plot_final_weights(history[-1], run_dir / "alphas_final.png",
+                           title=f"{cfg.algo} on {cfg.space} / {cfg.dataset}")
         if isinstance(genotype, DartsGenotype):
             draw_genotype(genotype, run_dir / "cell")
         result = {
@@ -624,5 +627,6 @@ def run_search(config: SearchConfig, resume: bool = False, data: SearchData | No
         cells = (f", {run_dir / 'cell_normal.png'}, {run_dir / 'cell_reduction.png'}"
                  if isinstance(genotype, DartsGenotype) else "")
         log(f"wrote {run_dir / 'genotype.json'}, {run_dir / 'result.json'}, "
-            f"{run_dir / 'log.jsonl'}, {run_dir / 'alphas.png'}{cells}")
+            f"{run_dir / 'log.jsonl'}, {run_dir / 'alphas.png'}, "
+            f"{run_dir / 'alphas_final.png'}{cells}")
     return SearchResult(genotype, test_acc, test_loss, history, run_dir)

@@ -141,8 +141,11 @@ def test_cli_plot_redraws_a_search_run(tmp_path, capsys):
 
     run_search(tiny_config(tmp_path / "run", epochs=1), data=tiny_data(), log=search_quiet)
     assert (tmp_path / "run" / "cell_normal.png").is_file()  # the search drew them
-    (tmp_path / "run" / "alphas.png").unlink()
+    assert (tmp_path / "run" / "alphas_final.png").is_file()
+    for picture in ("alphas.png", "alphas_final.png"):
+        (tmp_path / "run" / picture).unlink()
     assert cli_main(["plot", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "alphas.png").is_file()
+    assert (tmp_path / "run" / "alphas_final.png").is_file()
     assert "cell_reduction.svg" in capsys.readouterr().out
     assert cli_main(["plot", str(tmp_path / "nothing")]) == 2
