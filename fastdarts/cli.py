@@ -299,16 +299,7 @@ def _train_main(args, parser) -> int:
         given["progress"] = False
     try:
         if args.resume:
-            if "run_dir" not in given:
-                raise SystemExit("fastdarts train: --resume needs --run-dir")
-            stored_path = Path(given["run_dir"]) / "config.json"
-            if not (Path(given["run_dir"]) / TRAIN_CHECKPOINT).is_file():
-                raise SystemExit(f"fastdarts train: --resume: no {TRAIN_CHECKPOINT} in "
-                                 f"{given['run_dir']}")
-            stored = json.loads(stored_path.read_text())
-            stored.update(given)
-            cfg = TrainConfig(**{f.name: stored[f.name] for f in dataclasses.fields(TrainConfig)
-                                 if f.name in stored})
+            cfg = _resumed_config("train", TrainConfig, TRAIN_CHECKPOINT, given)
         else:
             cfg = TrainConfig(**given)
         if args.print_config:
@@ -327,6 +318,24 @@ _FIELD_OF_ARG = {"no_channels_last": "channels_last", "no_progress": "progress",
                  "drnas_no_progressive": "drnas_progressive"}
 
 
+def _resumed_config(command: str, config_class, checkpoint: str, given: dict,
+                    tuple_fields=()):
+    """The configuration a run directory's `config.json` stored, with the options `given`
+    now over it (`--resume`); JSON lists back to tuples for `tuple_fields`."""
+    if "run_dir" not in given:
+        raise SystemExit(f"fastdarts {command}: --resume needs --run-dir")
+    run_dir = Path(given["run_dir"])
+    if not (run_dir / checkpoint).is_file():
+        raise SystemExit(f"fastdarts {command}: --resume: no {checkpoint} in {run_dir}")
+    stored = json.loads((run_dir / "config.json").read_text())
+    stored.update(given)
+    for key in tuple_fields:
+        if stored.get(key) is not None:
+            stored[key] = tuple(stored[key])
+    names = {f.name for f in dataclasses.fields(config_class)}
+    return config_class(**{k: v for k, v in stored.items() if k in names})
+
+
 def _config_from_args(args: argparse.Namespace) -> tuple[SearchConfig, bool]:
     given = {}
     for key, value in vars(args).items():
@@ -336,18 +345,7 @@ def _config_from_args(args: argparse.Namespace) -> tuple[SearchConfig, bool]:
         given[field] = (not value) if field in _FIELD_OF_ARG.values() else value
 
     if args.resume:
-        if "run_dir" not in given:
-            raise SystemExit("fastdarts search: --resume needs --run-dir")
-        config_path = Path(given["run_dir"]) / "config.json"
-        if not (Path(given["run_dir"]) / CHECKPOINT).is_file():
-            raise SystemExit(f"fastdarts search: --resume: no {CHECKPOINT} in {given['run_dir']}")
-        stored = json.loads(config_path.read_text())
-        stored.update(given)
-        for key in TUPLE_FIELDS:
-            if stored.get(key) is not None:
-                stored[key] = tuple(stored[key])
-        names = {f.name for f in dataclasses.fields(SearchConfig)}
-        return SearchConfig(**{k: v for k, v in stored.items() if k in names}), True
+        return _resumed_config("search", SearchConfig, CHECKPOINT, given, TUPLE_FIELDS), True
 
     cfg = SearchConfig(**{k: v for k, v in given.items() if k != "run_dir"})
     if "run_dir" in given:

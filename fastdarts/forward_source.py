@@ -133,7 +133,7 @@ def _compile(expr: ast.expr, fn: Callable) -> types.CodeType:
     return compile(ast.Expression(body=expr), f"<{fn.__qualname__}>", "eval")
 
 
-def _auxiliary_term(fn_def, fn, self_name, x_name, arg_names, fn_globals):
+def _auxiliary_term(fn_def, fn, self_name, x_name, arg_names, assigned, fn_globals):
     """The DARTS- form: `res = sum(...)`, `[if cond:] res += self.aux(x) * beta`,
     `return res`, with beta and cond reading only self, the arguments and globals."""
     body = [s for s in fn_def.body
@@ -153,7 +153,7 @@ def _auxiliary_term(fn_def, fn, self_name, x_name, arg_names, fn_globals):
             and isinstance(last.value, ast.Name) and last.value.id == result):
         return None
     exprs = [beta] + ([cond] if cond is not None else [])
-    computed = _assigned(fn_def) - set(arg_names)
+    computed = assigned - set(arg_names)
     if any(isinstance(node, ast.Name) and node.id in computed
            for e in exprs for node in ast.walk(e)):
         return None  # beta and cond may read only self, the arguments and globals
@@ -177,7 +177,8 @@ def read_forward(fn: Callable) -> Optional[ForwardReads]:
     aux = None
     nodes = fn_def.body
     if len(arg_names) >= 2:
-        found = _auxiliary_term(fn_def, fn, self_name, arg_names[1], arg_names, fn_globals)
+        found = _auxiliary_term(fn_def, fn, self_name, arg_names[1], arg_names, local,
+                                fn_globals)
         if found is not None:
             aux, first = found
             nodes = [first]  # the rest is the auxiliary term, followed by evaluating it

@@ -51,7 +51,7 @@ from .ops.pooling import AvgPool2d
 from .partial import partial_combine
 from .plans import plans_of
 from .recompute import RngState, enable_cell_recompute, frozen_bn_stats, module_uses_rng
-from .structure import generation
+from .structure import cached
 from .zero_weights import ZeroWeightWatch
 
 __all__ = ["patch", "unpatch", "PatchReport"]
@@ -124,14 +124,6 @@ def _partial_width(m: nn.Module) -> int | None:
     return None
 
 
-def _width(self, state) -> int | None:
-    """C/K of a partial-channel mixed op without an int `k`: its ops' width, read again after
-    every edit of the model."""
-    if state["width_generation"] != generation():
-        state["width"], state["width_generation"] = _partial_width(self), generation()
-    return state["width"]
-
-
 def patched_partial_width(m: nn.Module, name: str) -> int | None:
     """C/K of a patched partial-channel mixed op that `fastdarts.wider` can widen, None for
     any other module; an error for one whose K it cannot set."""
@@ -167,7 +159,9 @@ def _weighted_sum(self, state, x, weights, memory):
         return mixed_forward(self, x, weights, memory, state["backend"])
     k = getattr(self, "k", None)
     C = x.shape[1]
-    width = C // k if isinstance(k, int) and k > 0 else _width(self, state)
+    # without an int `k`: the ops' width, read again after every edit of the model
+    width = (C // k if isinstance(k, int) and k > 0
+             else cached(self, "_fastdarts_partial_width", _partial_width))
     if width is None or C % width:
         raise ValueError(f"fastdarts.patch: {state['name']}: cannot tell K from the input's "
                          f"{C} channels and ops of width {width}")
@@ -264,8 +258,7 @@ def patch(model: nn.Module, memory: str = "low", backend: str | None = None,
                                        f"on the first-call check alone")
             m.__dict__["_fastdarts_patch"] = {
                 "memory": memory, "backend": backend, "verified": not verify, "name": name,
-                "report": report, "partial": partial, "width": None,
-                "width_generation": None, "aux": aux, "forward": forward,
+                "report": report, "partial": partial, "aux": aux, "forward": forward,
                 "arg_names": reads.arg_names if reads is not None else (),
                 "zeros": ZeroWeightWatch(name)}
             m.forward = types.MethodType(_patched_mixed_forward, m)

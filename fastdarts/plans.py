@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import depthwise
+from .ops.darts import is_factorized_reduce
 from .ops.pointwise import strided_pointwise_conv, subsample, subsamples_first, unsubsample
 from .forward_source import single_child_call
 from .recompute import AutocastState, frozen_bn_stats, module_uses_rng
@@ -374,8 +375,7 @@ def plan_op(index: int, module: nn.Module) -> OpPlan:
                  or _forwards_to(type(module), "op"))):
         return _sequence_plan(index, module, list(children["op"]), label)
     # DARTS FactorizedReduce: relu, conv_1, conv_2, bn.
-    if (name == "FactorizedReduce" and set(children) == {"relu", "conv_1", "conv_2", "bn"}
-            and isinstance(children["bn"], nn.BatchNorm2d)):
+    if is_factorized_reduce(module):
         rest = _factorized_reduce_body(module)
         return OpPlan(index, "body", module, body=lambda x: rest(F.relu(x)), rest=rest,
                       relu_first=True, tail=module.bn, label=label)

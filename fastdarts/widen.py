@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .ops.darts import FactorizedReduce
+from .ops.darts import is_factorized_reduce
 from .structure import invalidate_caches
 
 __all__ = ["wider", "Widened"]
@@ -79,14 +79,6 @@ def _widen_bn(bn: nn.BatchNorm2d, idx, out: list) -> None:
     bn.num_features = len(idx)
 
 
-def _is_factorized_reduce(m: nn.Module) -> bool:
-    """Ours, or a user's matched by structure (as `fastdarts.plans` matches it)."""
-    return isinstance(m, FactorizedReduce) or (
-        type(m).__name__ == "FactorizedReduce"
-        and all(isinstance(getattr(m, c, None), nn.Conv2d) for c in ("conv_1", "conv_2"))
-        and isinstance(getattr(m, "bn", None), nn.BatchNorm2d))
-
-
 def _widen_ops(ops: nn.Module, old: int, new: int, generator) -> list[Widened]:
     idx = _mapping(old, new, generator)
     out: list[Widened] = []
@@ -94,7 +86,7 @@ def _widen_ops(ops: nn.Module, old: int, new: int, generator) -> list[Widened]:
     for m in ops.modules():
         if id(m) in done:
             continue
-        if _is_factorized_reduce(m):
+        if is_factorized_reduce(m):
             half = _mapping(old // 2, new // 2, generator)
             for conv in (m.conv_1, m.conv_2):
                 _widen_conv(conv, half, idx, out)
@@ -146,7 +138,7 @@ def wider(model: nn.Module, k: int, optimizer: Optional[torch.optim.Optimizer] =
             raise ValueError(f"k: wider() only widens (fewer partitions); {name or 'the model'} "
                              f"has k={k_old}, got {k}")
         old, new = C // k_old, C // k
-        if any(_is_factorized_reduce(s) for s in m._ops.modules()) and new % 2:
+        if any(is_factorized_reduce(s) for s in m._ops.modules()) and new % 2:
             raise ValueError(f"k: a reduction edge's FactorizedReduce needs an even width; "
                              f"C/k = {new}")
         widened += _widen_ops(m._ops, old, new, generator)

@@ -131,6 +131,17 @@ class FactorizedReduce(nn.Module):
         return self.bn(out)
 
 
+def is_factorized_reduce(m: nn.Module) -> bool:
+    """DARTS's FactorizedReduce, ours or a user's matched by structure: a module of that name
+    with exactly `relu`, two convs `conv_1`, `conv_2` and a BatchNorm `bn`."""
+    children = dict(m.named_children())
+    return (type(m).__name__ == "FactorizedReduce"
+            and set(children) == {"relu", "conv_1", "conv_2", "bn"}
+            and isinstance(children["conv_1"], nn.Conv2d)
+            and isinstance(children["conv_2"], nn.Conv2d)
+            and isinstance(children["bn"], nn.BatchNorm2d))
+
+
 class NoiseOp(nn.Module):
     """RobustDARTS S4 `noise`: a fresh N(0, 1) tensor shaped like the (subsampled) input.
 
